@@ -1,0 +1,10 @@
+"""spikeprop: forward-only learning rules for Lava-exact LIF spiking networks."""
+
+__version__ = "0.1.0"
+
+
+class SpikepropError(Exception):
+    """An error caused by the user's input (files, flags, parameters).
+
+    The CLI prints its message on one line and exits non-zero instead of showing a traceback.
+    """

@@ -1,0 +1,5 @@
+import sys
+
+from spikeprop.cli import main
+
+sys.exit(main())

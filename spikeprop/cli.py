@@ -1,0 +1,182 @@
+"""Command line: ``spikeprop train | evaluate``.
+
+``main(argv=None) -> int`` so that tests call it in-process. Errors caused by the user's input
+(``SpikepropError``) print one line and exit with status 2; nothing below this module sees
+argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from spikeprop import SpikepropError
+from spikeprop.data import DATASETS
+from spikeprop.encoders import ENCODINGS
+from spikeprop.neurons import NEURON_KINDS
+from spikeprop.rules import RULES
+
+EXIT_USAGE = 2
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of layer sizes, e.g. 500,500") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"'{text}': layer sizes must be positive, e.g. 500,500")
+    return sizes
+
+
+def _rule_flag(rule: str, key: str) -> str:
+    return f"--{rule}-{key.replace('_', '-')}"
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a network into a run directory",
+        description="Train a LIF network with a learning rule. Defaults come from the dataset's recipe "
+                    "(models/), then --config FILE.toml, then these flags.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--rule", choices=sorted(RULES), help="learning rule (default: sigprop)")
+    p.add_argument("--neurons", choices=NEURON_KINDS, help="lif: Lava LIF; if: Lava LIF with dv=0 (default: lif)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset (default: digits, embedded)")
+    p.add_argument("--data-dir", help="directory holding the IDX files of fashion-mnist or mnist")
+    p.add_argument("--steps", type=int, help="time steps T per sample")
+    p.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="samples per batch")
+    p.add_argument("--lr", type=float, help="learning rate of the network's weights (Adam)")
+    p.add_argument("--seed", type=int, help="the one seed behind weights, data order and spikes (default: 0)")
+    p.add_argument("--encoding", choices=ENCODINGS, help="input encoding (default: direct)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--du", type=float, help="fraction of the synaptic current lost per step (1: none kept)")
+    p.add_argument("--dv", type=float, help="fraction of the voltage lost per step (ignored by --neurons if)")
+    p.add_argument("--vth", type=float, help="firing threshold")
+    p.add_argument("--out", help="run directory (default: runs/<dataset>-<rule>-<neurons>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (only --epochs and --device may change)")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    for name, cls in sorted(RULES.items()):
+        g = p.add_argument_group(f"--rule {name}", cls.summary)
+        for key, opt in cls.OPTIONS.items():
+            g.add_argument(_rule_flag(name, key), dest=f"opt__{name}__{key}", type=opt.type, choices=opt.choices,
+                           help=f"{opt.help} (default: {opt.default})")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="re-compute the test accuracy of a run from its checkpoint")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--device", help="torch device (default: the run's)")
+    p.add_argument("--limit", type=int, help="only the first N test samples")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikeprop",
+        description="Train LIF spiking networks with forward-only learning rules and deploy them to Lava.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def resolve_train_config(args: argparse.Namespace):
+    """Defaults < dataset recipe < --config file < flags, as one frozen TrainConfig."""
+    from models import recipe
+    from spikeprop.config import FIELDS, TrainConfig, read_toml
+
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    flag_opts: dict[str, dict] = {}
+    for k, v in vars(args).items():
+        if k.startswith("opt__") and v is not None:
+            _, rule, key = k.split("__")
+            flag_opts.setdefault(rule, {})[key] = v
+    toml = read_toml(args.config) if args.config else {"rule_tables": {}}
+    tables = toml.pop("rule_tables")
+    rule = flags.get("rule", toml.get("rule", TrainConfig.rule))
+    dataset = flags.get("dataset", toml.get("dataset", TrainConfig.dataset))
+    for other in set(flag_opts) - {rule}:
+        names = ", ".join(_rule_flag(other, k) for k in flag_opts[other])
+        raise SpikepropError(f"{names} belong(s) to --rule {other}, but the rule is {rule}")
+    base = recipe(dataset, rule)
+    options = {**base.pop("rule_options", {}), **tables.get(rule, {}), **flag_opts.get(rule, {})}
+    values = {**base, **toml, **flags, "rule_options": options}
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spikeprop.config import TrainConfig
+    from spikeprop.runs import CONFIG, check_run_dir, read_json
+    from spikeprop.train import train
+
+    if args.resume:
+        run_dir = check_run_dir(args.resume)
+        given = [k for k, v in vars(args).items()
+                 if v is not None and k not in ("resume", "epochs", "device", "command", "func", "no_progress")
+                 and not (k.startswith("opt__") and v is None)]
+        if given:
+            raise SpikepropError(f"--resume continues {run_dir} with its own settings; only --epochs and --device "
+                                 f"may change (got: {', '.join('--' + g.replace('_', '-') for g in given)})")
+        raw = read_json(run_dir / CONFIG)
+        raw.pop("versions", None)
+        if args.epochs is not None:
+            raw["epochs"] = args.epochs
+        if args.device is not None:
+            raw["device"] = args.device
+        config = TrainConfig.from_dict(raw)
+        resume = True
+    else:
+        config = resolve_train_config(args)
+        if args.out:
+            run_dir = Path(args.out)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path("runs") / f"{config.dataset}-{config.rule}-{config.neurons}-{stamp}"
+        resume = False
+    print(f"spikeprop train: rule {config.rule}, neurons {config.neurons}, dataset {config.dataset}, "
+          f"hidden {','.join(map(str, config.hidden))}, T={config.steps}, {config.epochs} epochs -> {run_dir}")
+    progress = False if args.no_progress else None
+    summary = train(config, run_dir, resume=resume, progress=progress)
+    print(f"test accuracy {summary['test_accuracy']:.4f} ({summary['dataset']}, {summary['rule']}, "
+          f"{summary['samples_per_second']:.0f} samples/s, peak memory {summary['peak_memory_mib']:.0f} MiB)")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from spikeprop.evaluate import accuracy
+    from spikeprop.train import load_run
+
+    config, ds, net, rule, encoder = load_run(args.run_dir, device=args.device)
+    if args.limit is not None and args.limit < 1:
+        raise SpikepropError("--limit must be >= 1")
+    acc = accuracy(rule.predict, ds, "test", device=config.device, limit=args.limit)
+    n = len(ds.test_x) if args.limit is None else min(args.limit, len(ds.test_x))
+    print(f"test accuracy {acc:.4f} on {n} {config.dataset} test samples (backend: float, {config.device})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpikepropError as e:
+        print(f"spikeprop {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"spikeprop {args.command}: interrupted; the last completed epoch is in the checkpoint "
+              "(continue with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Exact membrane-only gradients, forward in time: presynaptic eligibility traces.
+
+With the input spikes of a layer and its own spikes and reset amounts held constant
+(``reset_grad='constant'``, research/rules.md §1.2), Lava's LIF is linear in ``W`` and ``bias``::
+
+    du[t]/dW_ji = eps_u_i[t] = (1 - du) eps_u_i[t-1] + s_in_i[t]
+    dv[t]/dW_ji = eps_v_i[t] = (1 - dv) eps_v_i[t-1] + eps_u_i[t]
+    dv[t]/db_j  = eps_b[t]   = (1 - dv) eps_b[t-1] + 1
+
+so a local loss on the time-mean voltage ``z = mean_t v[t]`` (pre-reset) has the exact gradient
+``dL/dW = (dL/dz)^T mean_t eps_v[t]``. ``MembraneTraces`` accumulates ``z`` and ``mean_t eps``
+as an observer of ``network.simulate``: its memory is O(B * fan_in) per layer, independent of T.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikeprop.neurons import LIFStep
+
+
+class MembraneTraces:
+    """Observer that accumulates, per layer, ``sum_t v_pre[t]`` and the eligibility sums."""
+
+    def __init__(self, params):
+        self.params = params
+        n = len(params)
+        self.steps = 0
+        self._eu: list[torch.Tensor | None] = [None] * n
+        self._ev: list[torch.Tensor | None] = [None] * n
+        self._e_sum: list[torch.Tensor | None] = [None] * n
+        self._z_sum: list[torch.Tensor | None] = [None] * n
+        self._eb = [0.0] * n
+        self._eb_sum = [0.0] * n
+
+    def __call__(self, layer: int, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
+        p = self.params[layer]
+        s_in = s_in.detach()
+        if t == 0:
+            eu = s_in
+            ev = eu
+            self._e_sum[layer] = ev.clone()
+            self._z_sum[layer] = step.v_pre.detach().clone()
+            self._eb[layer] = 1.0
+            self._eb_sum[layer] = 1.0
+        else:
+            eu = s_in if p.du == 1.0 else self._eu[layer] * (1.0 - p.du) + s_in
+            ev = self._ev[layer] * (1.0 - p.dv) + eu
+            self._e_sum[layer] += ev
+            self._z_sum[layer] += step.v_pre.detach()
+            self._eb[layer] = self._eb[layer] * (1.0 - p.dv) + 1.0
+            self._eb_sum[layer] += self._eb[layer]
+        self._eu[layer] = eu
+        self._ev[layer] = ev
+        if layer == 0:
+            self.steps = t + 1
+
+    def mean_v(self, layer: int) -> torch.Tensor:
+        """``z = mean_t v_pre[t]``, [B, n_out]."""
+        return self._z_sum[layer] / self.steps
+
+    def weight_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
+        """``dL/dW`` [n_out, n_in] given ``dz = dL/dz`` [B, n_out]."""
+        return dz.t() @ (self._e_sum[layer] / self.steps)
+
+    def bias_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
+        """``dL/dbias`` [n_out] given ``dz = dL/dz`` [B, n_out]."""
+        return dz.sum(0) * (self._eb_sum[layer] / self.steps)

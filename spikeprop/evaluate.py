@@ -1,0 +1,47 @@
+"""Accuracy and activity of a network on a dataset split."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from spikeprop.data import Dataset
+from spikeprop.encoders import Encoder
+from spikeprop.network import Network, simulate
+
+
+@torch.no_grad()
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, split: str = "test",
+             batch_size: int = 1000, device: str = "cpu", limit: int | None = None) -> float:
+    """Fraction of samples of ``split`` whose arg-max class score is the label."""
+    x, y = (ds.test_x, ds.test_y) if split == "test" else (ds.train_x, ds.train_y)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = ds.intensities(x[i : i + batch_size]).to(device)
+        correct += int((predict(xb).argmax(1).cpu() == y[i : i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+@torch.no_grad()
+def activity(net: Network, encoder: Encoder, ds: Dataset, n: int = 1000, device: str = "cpu") -> dict:
+    """Per hidden layer: mean firing rate (spikes per neuron per step) and the silent fraction.
+
+    Also synaptic operations per sample: every spike entering a Dense costs fan-out additions
+    (graded first-layer inputs count one operation per non-zero input per step).
+    """
+    x = ds.intensities(ds.test_x[:n]).to(device)
+    xin = encoder(x)
+    res = simulate(net, xin)
+    T = xin.shape[0]
+    out: dict = {"firing_rate": [], "silent_fraction": []}
+    synops = float((xin != 0).sum()) / len(x) * net.sizes[1]
+    for layer, c in enumerate(res.counts):
+        out["firing_rate"].append(float(c.mean()) / T)
+        out["silent_fraction"].append(float((c.sum(0) == 0).float().mean()))
+        fan_out = net.sizes[layer + 2]
+        synops += float(c.sum()) / len(x) * fan_out
+    out["synops_per_sample"] = synops
+    return out

@@ -1,0 +1,173 @@
+"""Fully-connected LIF networks and the one time loop that simulates them.
+
+A network is ``Dense -> LIF -> Dense -> LIF ... -> read-out``. Hidden layer ``l`` is a Lava
+``Dense`` (weights ``W_l`` [n_out, n_in], no bias) feeding a Lava ``LIF`` population (decays
+``du``, ``dv``, threshold ``vth`` and a per-neuron ``bias``). The read-out is a Dense into a
+non-spiking integrator (Lava LIF with ``du = 1``, ``dv = 0`` and a threshold it never reaches),
+so after T steps its voltage is ``sum_t (W_out s_L[t] + b_out)``; the class scores ("logits")
+are that voltage over T, i.e. ``W_out r + b_out`` with ``r`` the mean spike count.
+
+Timing. Lava's Dense delivers a spike one step after it was emitted, so layer ``l`` (counting
+from 1) processes input step ``k`` of a sample at global step ``k + l`` (plus the source's own
+offset). spikeprop simulates each layer in its own clock, shifted by that latency: local step
+``t`` of layer ``l`` is global step ``t + l``. Every layer thus sees all T steps of its sample,
+which is exactly what Lava computes when each layer's state is zeroed at the start of its own
+sample window (``LIFReset`` with ``reset_offset`` = 1 + l + source offset, see
+``hardware.lava``). ``global_time`` converts a recorded layer to Lava's clock.
+
+All tensors are time-major: inputs ``x`` are [T, B, n_in].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from spikeprop import SpikepropError
+from spikeprop.neurons import LIFParams, LIFState, LIFStep, SpikeFn, heaviside, lif_step
+
+# observer(layer_index, t, layer_input [B, n_in], step) is called after every LIF step.
+Observer = Callable[[int, int, torch.Tensor, LIFStep], None]
+
+
+class Network(nn.Module):
+    """LIF layers plus a linear read-out. Parameters only; state lives in ``simulate``.
+
+    sizes: (n_in, hidden_1, ..., hidden_L, n_classes); params: one LIFParams for every hidden
+    layer (a single value is shared). Weights start uniform in ±gain/sqrt(fan_in), biases at 0,
+    drawn from ``generator`` so that a seed fixes them.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        params: LIFParams | Sequence[LIFParams],
+        generator: torch.Generator | None = None,
+        gain: float = 1.0,
+    ):
+        super().__init__()
+        sizes = [int(n) for n in sizes]
+        if len(sizes) < 3:
+            raise SpikepropError(f"a network needs an input, at least one hidden layer and an output; got sizes {sizes}")
+        if any(n < 1 for n in sizes):
+            raise SpikepropError(f"layer sizes must be positive integers; got {sizes}")
+        n_hidden = len(sizes) - 2
+        if isinstance(params, LIFParams):
+            params = [params] * n_hidden
+        if len(params) != n_hidden:
+            raise SpikepropError(f"{len(params)} LIF parameter sets for {n_hidden} hidden layers")
+        self.sizes = tuple(sizes)
+        self.params = tuple(params)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+            self.weights.append(nn.Parameter(_uniform((n_out, n_in), gain / math.sqrt(n_in), generator)))
+            self.biases.append(nn.Parameter(torch.zeros(n_out)))
+        self.readout = nn.Linear(sizes[-2], sizes[-1])
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(sizes[-2])
+            self.readout.weight.copy_(_uniform(self.readout.weight.shape, bound, generator))
+            self.readout.bias.zero_()
+
+    @property
+    def n_layers(self) -> int:
+        """The number of hidden (spiking) layers."""
+        return len(self.weights)
+
+    def describe(self) -> dict:
+        """Plain values that rebuild this architecture (see ``from_description``)."""
+        return {
+            "sizes": list(self.sizes),
+            "params": [{"du": p.du, "dv": p.dv, "vth": p.vth} for p in self.params],
+        }
+
+    @classmethod
+    def from_description(cls, d: dict) -> "Network":
+        return cls(d["sizes"], [LIFParams(**p) for p in d["params"]])
+
+
+def _uniform(shape, bound: float, generator: torch.Generator | None) -> torch.Tensor:
+    return (torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound
+
+
+class SimResult(NamedTuple):
+    """What ``simulate`` returns.
+
+    counts: spike counts per hidden layer, each [B, n] (sum over the T steps).
+    logits: read-out scores [B, n_classes] (``W_out counts_L / T + b_out``).
+    spikes, v: per hidden layer [T, B, n] spikes and pre-reset voltages, when ``record``.
+    """
+
+    counts: list[torch.Tensor]
+    logits: torch.Tensor
+    spikes: list[torch.Tensor] | None = None
+    v: list[torch.Tensor] | None = None
+
+
+def simulate(
+    net: Network,
+    x: torch.Tensor,
+    *,
+    spike_fn: SpikeFn = heaviside,
+    reset_grad: str = "stop",
+    record: bool = False,
+    observer: Observer | None = None,
+    first_weight: torch.Tensor | None = None,
+) -> SimResult:
+    """Run ``net`` on ``x`` [T, B, n_in] (currents or spikes) for T steps from zero state.
+
+    This is the one time loop of spikeprop: every layer, every rule and every backend that
+    simulates in torch goes through it. Step-major: at each step all layers advance, layer ``l``
+    reading layer ``l-1``'s spikes of the same (layer-local) step (module docstring: timing).
+    Memory is independent of T unless ``record`` is set.
+
+    first_weight: replaces the first Dense (sigprop's label projection ``S_1``, [n_1, n_in']).
+    observer: called as ``observer(l, t, layer_input, step)`` after each LIF step.
+    """
+    if x.dim() != 3:
+        raise SpikepropError(f"inputs must be time-major [T, B, N]; got shape {tuple(x.shape)}")
+    T, B, _ = x.shape
+    weights = list(net.weights)
+    if first_weight is not None:
+        weights[0] = first_weight
+    if x.shape[2] != weights[0].shape[1]:
+        raise SpikepropError(f"input has {x.shape[2]} features but the first layer expects {weights[0].shape[1]}")
+    states = [LIFState.zeros(B, w.shape[0], device=x.device, dtype=x.dtype) for w in weights]
+    counts = [torch.zeros(B, w.shape[0], device=x.device, dtype=x.dtype) for w in weights]
+    rec_s: list[list[torch.Tensor]] = [[] for _ in weights]
+    rec_v: list[list[torch.Tensor]] = [[] for _ in weights]
+    for t in range(T):
+        s = x[t]
+        for layer, (w, bias, params) in enumerate(zip(weights, net.biases, net.params)):
+            step = lif_step(F.linear(s, w), states[layer], params, bias, spike_fn, reset_grad)
+            if observer is not None:
+                observer(layer, t, s, step)
+            states[layer] = step.state
+            counts[layer] = counts[layer] + step.s
+            if record:
+                rec_s[layer].append(step.s)
+                rec_v[layer].append(step.v_pre)
+            s = step.s
+    logits = net.readout(counts[-1] / T)
+    if not record:
+        return SimResult(counts, logits)
+    return SimResult(counts, logits, [torch.stack(r) for r in rec_s], [torch.stack(r) for r in rec_v])
+
+
+def global_time(layer_spikes: torch.Tensor, layer: int, total_steps: int | None = None) -> torch.Tensor:
+    """Shift a recorded hidden layer [T, B, n] from its local clock to Lava's global clock.
+
+    Hidden layer ``layer`` (0-based) is ``layer + 1`` Dense hops from the input, so its local
+    step t happens at global step t + layer + 1; the first steps are zero-filled.
+    """
+    T = layer_spikes.shape[0]
+    total = total_steps if total_steps is not None else T + layer + 1
+    out = layer_spikes.new_zeros((total,) + tuple(layer_spikes.shape[1:]))
+    shift = layer + 1
+    n = max(0, min(T, total - shift))
+    out[shift : shift + n] = layer_spikes[:n]
+    return out

@@ -1,0 +1,50 @@
+"""Surrogate-gradient BPTT: the baseline every forward-only rule is compared with.
+
+The same network, data and read-out as the other rules; the loss is the cross-entropy of the
+read-out scores (mean spike count of the last layer through the linear read-out), and the
+gradient flows back through time and through the spikes with snnTorch's ArcTan surrogate
+(``snntorch.surrogate.atan``, alpha 2 by default). The reset is detached, as in snnTorch.
+Memory grows with T: every step of every layer is kept for the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from snntorch import surrogate
+from torch.nn import functional as F
+
+from spikeprop.network import simulate
+from spikeprop.rules import Option, Rule, register
+
+SURROGATES = {"atan": surrogate.atan, "fast_sigmoid": surrogate.fast_sigmoid}
+
+
+@register("bptt")
+class BPTT(Rule):
+    summary = "surrogate-gradient backpropagation through time (baseline)"
+    OPTIONS = {
+        "surrogate": Option(str, "atan", "surrogate derivative of the spike (snntorch.surrogate)", ("atan", "fast_sigmoid")),
+        "alpha": Option(float, 2.0, "surrogate slope: alpha of atan, slope of fast_sigmoid"),
+    }
+
+    def __init__(self, net, config, encoder):
+        super().__init__(net, config, encoder)
+        make = SURROGATES[self.options["surrogate"]]
+        self.spike_fn = make(alpha=self.options["alpha"]) if self.options["surrogate"] == "atan" \
+            else make(slope=self.options["alpha"])
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+
+    def train_step(self, x, y):
+        res = simulate(self.net, self.encoder(x), spike_fn=self.spike_fn, reset_grad="stop")
+        loss = F.cross_entropy(res.logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        acc = (res.logits.argmax(1) == y).float().mean()
+        return {"loss": loss.item(), "train_accuracy": float(acc)}
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
