@@ -58,6 +58,7 @@ def _add_train(sub) -> None:
     p.add_argument("--dv", type=float, help="fraction of the voltage lost per step (ignored by --neurons if)")
     p.add_argument("--vth", type=float, help="firing threshold")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<rule>-<neurons>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (only --epochs and --device may change)")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -120,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = check_run_dir(args.resume)
         given = [k for k, v in vars(args).items()
-                 if v is not None and k not in ("resume", "epochs", "device", "command", "func", "no_progress")
+                 if v not in (None, False) and k not in ("resume", "epochs", "device", "command", "func", "no_progress")
                  and not (k.startswith("opt__") and v is None)]
         if given:
             raise SpikepropError(f"--resume continues {run_dir} with its own settings; only --epochs and --device "
@@ -140,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{config.dataset}-{config.rule}-{config.neurons}-{stamp}"
+        if args.overwrite and run_dir.exists():
+            remove_run_dir(run_dir)
         resume = False
     print(f"spikeprop train: rule {config.rule}, neurons {config.neurons}, dataset {config.dataset}, "
           f"hidden {','.join(map(str, config.hidden))}, T={config.steps}, {config.epochs} epochs -> {run_dir}")
@@ -149,6 +152,19 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{summary['samples_per_second']:.0f} samples/s, peak memory {summary['peak_memory_mib']:.0f} MiB)")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Delete a previous run (only a directory that is a spikeprop run or is empty)."""
+    import shutil
+
+    from spikeprop.runs import CONFIG
+
+    if not run_dir.is_dir():
+        raise SpikepropError(f"--overwrite: {run_dir} exists and is not a directory")
+    if any(run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
+        raise SpikepropError(f"--overwrite: {run_dir} is not a spikeprop run directory; refusing to delete it")
+    shutil.rmtree(run_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
