@@ -66,6 +66,7 @@ def _add_train(sub) -> None:
         g = p.add_argument_group(f"--rule {name}", cls.summary)
         for key, opt in cls.OPTIONS.items():
             g.add_argument(_rule_flag(name, key), dest=f"opt__{name}__{key}", type=opt.type, choices=opt.choices,
+                           metavar=key.upper() if opt.choices is None else None,
                            help=f"{opt.help} (default: {opt.default})")
     p.set_defaults(func=cmd_train)
 

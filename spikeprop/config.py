@@ -17,10 +17,11 @@ rule for that rule's options::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from spikeprop import SpikepropError
 from spikeprop.data import DATASETS
@@ -51,6 +52,8 @@ class TrainConfig:
         from spikeprop.rules import RULES
 
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.neurons == "if":
+            object.__setattr__(self, "dv", 0.0)  # IF is Lava's LIF with dv = 0; record what runs
         if self.rule not in RULES:
             raise SpikepropError(f"unknown rule '{self.rule}' (choose from: {', '.join(sorted(RULES))})")
         if self.neurons not in NEURON_KINDS:
@@ -94,7 +97,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

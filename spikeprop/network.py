@@ -21,7 +21,8 @@ All tensors are time-major: inputs ``x`` are [T, B, n_in].
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ class Network(nn.Module):
         }
 
     @classmethod
-    def from_description(cls, d: dict) -> "Network":
+    def from_description(cls, d: dict) -> Network:
         return cls(d["sizes"], [LIFParams(**p) for p in d["params"]])
 
 

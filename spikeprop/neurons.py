@@ -14,8 +14,9 @@ per process, so they are scalars here; the bias is per neuron (Lava's ``bias_man
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -48,7 +49,7 @@ class LIFParams:
             raise SpikepropError(f"vth={self.vth} must be > 0")
 
     @classmethod
-    def for_kind(cls, kind: str, du: float = 1.0, dv: float = 0.15, vth: float = 1.0) -> "LIFParams":
+    def for_kind(cls, kind: str, du: float = 1.0, dv: float = 0.15, vth: float = 1.0) -> LIFParams:
         """The parameters of ``--neurons KIND``: 'lif' keeps dv, 'if' is Lava's LIF with dv = 0."""
         if kind == "lif":
             return cls(du=du, dv=dv, vth=vth)
@@ -64,7 +65,7 @@ class LIFState(NamedTuple):
     v: torch.Tensor
 
     @classmethod
-    def zeros(cls, batch: int, n: int, *, device=None, dtype=torch.float32) -> "LIFState":
+    def zeros(cls, batch: int, n: int, *, device=None, dtype=torch.float32) -> LIFState:
         z = torch.zeros(batch, n, device=device, dtype=dtype)
         return cls(z, z.clone())
 

@@ -22,7 +22,7 @@ import torch
 from spikeprop.encoders import Encoder
 from spikeprop.network import Network, simulate
 
-RULES: dict[str, type["Rule"]] = {}
+RULES: dict[str, type[Rule]] = {}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
 from spikeprop.rules import Option, Rule, register
 
-
 REPRESENTATIONS = ("threshold", "tanh", "linear")
 
 
