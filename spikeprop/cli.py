@@ -1,4 +1,4 @@
-"""Command line: ``spikeprop train | evaluate``.
+"""Command line: ``spikeprop train | evaluate | export | import``.
 
 ``main(argv=None) -> int`` so that tests call it in-process. Errors caused by the user's input
 (``SpikepropError``) print one line and exit with status 2; nothing below this module sees
@@ -79,6 +79,34 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+EXPORT_TARGETS = ("nir",)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run's network for another tool (--to nir: a NIR graph)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--to", required=True, choices=EXPORT_TARGETS, help="target format")
+    p.add_argument("--out", required=True, help="output file (.nir for --to nir)")
+    p.add_argument("--dt", type=float, default=1e-4, help="--to nir: seconds per time step written into the graph")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="read a NIR graph into a run directory (for evaluate, verify, export)",
+                       description="Read a NIR graph (Input, Affine/Linear, LIF/IF/CubaLIF, read-out) into a run "
+                                   "directory. Unset settings come from the graph's metadata, then the dataset's "
+                                   "recipe; the dataset defaults by input size (64: digits, 784: fashion-mnist).")
+    p.add_argument("nir_file", metavar="FILE.nir")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset the network classifies")
+    p.add_argument("--data-dir", help="directory holding the IDX files of fashion-mnist or mnist")
+    p.add_argument("--steps", type=int, help="time steps T per sample")
+    p.add_argument("--encoding", choices=ENCODINGS, help="input encoding (default: the graph's, else direct)")
+    p.add_argument("--rule", choices=sorted(RULES), help="rule recorded for train --resume (default: the graph's, else bptt)")
+    p.add_argument("--dt", type=float, help="seconds per step (default: the graph's metadata dt, else 1e-4)")
+    p.set_defaults(func=cmd_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikeprop",
@@ -87,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_evaluate(sub)
+    _add_export(sub)
+    _add_import(sub)
     return parser
 
 
@@ -178,6 +208,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     acc = accuracy(rule.predict, ds, "test", device=config.device, limit=args.limit)
     n = len(ds.test_x) if args.limit is None else min(args.limit, len(ds.test_x))
     print(f"test accuracy {acc:.4f} on {n} {config.dataset} test samples (backend: float, {config.device})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.to == "nir":
+        from hardware.nir import export_run
+
+        graph = export_run(args.run_dir, args.out, dt=args.dt)
+        kinds = [type(n).__name__ for n in graph.nodes.values()]
+        print(f"wrote {args.out}: NIR graph {' -> '.join(kinds)} (dt={args.dt:g} s, forward Euler, reset to 0, no delay)")
+        return 0
+    raise SpikepropError(f"--to {args.to} is not supported")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from hardware.nir import import_run
+
+    config = import_run(args.nir_file, args.out, dataset=args.dataset, data_dir=args.data_dir, steps=args.steps,
+                        encoding=args.encoding, rule=args.rule, dt=args.dt)
+    print(f"imported {args.nir_file}: hidden {','.join(map(str, config['hidden']))}, neurons {config['neurons']}, "
+          f"{config['dataset']}, T={config['steps']}, encoding {config['encoding']} -> run directory {args.out}")
     return 0
 
 
