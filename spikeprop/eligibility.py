@@ -10,6 +10,10 @@ With the input spikes of a layer and its own spikes and reset amounts held const
 so a local loss on the time-mean voltage ``z = mean_t v[t]`` (pre-reset) has the exact gradient
 ``dL/dW = (dL/dz)^T mean_t eps_v[t]``. ``MembraneTraces`` accumulates ``z`` and ``mean_t eps``
 as an observer of ``network.simulate``: its memory is O(B * fan_in) per layer, independent of T.
+
+When the first layer's input is the same at every step (direct encoding, sigprop's target
+stream), its trace is that input times a scalar that follows the same recursion with input 1,
+so ``constant_input=True`` keeps only that scalar for layer 0 (no [B, n_in] work per step).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from spikeprop.neurons import LIFStep
 class MembraneTraces:
     """Observer that accumulates, per layer, ``sum_t v_pre[t]`` and the eligibility sums."""
 
-    def __init__(self, params):
+    def __init__(self, params, constant_input: bool = False):
         self.params = params
+        self.constant_input = constant_input
+        self._input0: torch.Tensor | None = None
+        self._cu = self._cv = self._c_sum = 0.0
         n = len(params)
         self.steps = 0
         self._eu: list[torch.Tensor | None] = [None] * n
@@ -36,6 +43,9 @@ class MembraneTraces:
     def __call__(self, layer: int, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
         p = self.params[layer]
         s_in = s_in.detach()
+        if layer == 0 and self.constant_input:
+            self._constant_input_step(t, s_in, step)
+            return
         if t == 0:
             eu = s_in
             ev = eu
@@ -55,13 +65,34 @@ class MembraneTraces:
         if layer == 0:
             self.steps = t + 1
 
+    def _constant_input_step(self, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
+        p = self.params[0]
+        if t == 0:
+            self._input0 = s_in
+            self._cu = self._cv = self._c_sum = 1.0
+            self._z_sum[0] = step.v_pre.detach().clone()
+            self._eb[0] = self._eb_sum[0] = 1.0
+        else:
+            self._cu = self._cu * (1.0 - p.du) + 1.0
+            self._cv = self._cv * (1.0 - p.dv) + self._cu
+            self._c_sum += self._cv
+            self._z_sum[0] += step.v_pre.detach()
+            self._eb[0] = self._eb[0] * (1.0 - p.dv) + 1.0
+            self._eb_sum[0] += self._eb[0]
+        self.steps = t + 1
+
+    def _trace_sum(self, layer: int) -> torch.Tensor:
+        if layer == 0 and self.constant_input:
+            return self._input0 * self._c_sum
+        return self._e_sum[layer]
+
     def mean_v(self, layer: int) -> torch.Tensor:
         """``z = mean_t v_pre[t]``, [B, n_out]."""
         return self._z_sum[layer] / self.steps
 
     def weight_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
         """``dL/dW`` [n_out, n_in] given ``dz = dL/dz`` [B, n_out]."""
-        return dz.t() @ (self._e_sum[layer] / self.steps)
+        return dz.t() @ (self._trace_sum(layer) / self.steps)
 
     def bias_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
         """``dL/dbias`` [n_out] given ``dz = dL/dz`` [B, n_out]."""

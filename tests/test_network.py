@@ -60,8 +60,8 @@ def autograd_membrane_grads(net, x, loss_fn):
     return torch.autograd.grad(total, params)
 
 
-def trace_membrane_grads(net, x, loss_fn):
-    tr = MembraneTraces(net.params)
+def trace_membrane_grads(net, x, loss_fn, constant_input=False):
+    tr = MembraneTraces(net.params, constant_input=constant_input)
     with torch.no_grad():
         simulate(net, x, reset_grad="constant", observer=tr)
     gw, gb = [], []
@@ -126,3 +126,26 @@ def test_bptt_gradient_flows_through_surrogate(gen):
     res = simulate(net, x, spike_fn=surrogate.atan())
     F.cross_entropy(res.logits, torch.tensor([0, 1])).backward()
     assert net.weights[0].grad is not None and net.weights[0].grad.abs().sum() > 0
+
+
+def test_time_constant_input_fast_path_is_exact(gen):
+    # An expanded (stride-0) input takes the computed-once first Dense; a copied one does not.
+    net = make_net(vth=0.5)
+    x = torch.rand(3, 6, generator=gen)
+    expanded = x.unsqueeze(0).expand(9, 3, 6)
+    a, b = simulate(net, expanded, record=True), simulate(net, expanded.clone(), record=True)
+    assert expanded.stride(0) == 0 and expanded.clone().stride(0) != 0
+    for sa, sb in zip(a.spikes + a.v, b.spikes + b.v):
+        assert torch.equal(sa, sb)
+    assert a.counts[0].sum() > 0
+
+
+def test_constant_input_trace_shortcut_is_exact(gen):
+    net = make_net(du=0.4, dv=0.2, vth=0.5).double()
+    x = 3 * torch.rand(4, 6, generator=gen, dtype=torch.float64)
+    const = x.unsqueeze(0).expand(10, 4, 6)
+    full = trace_membrane_grads(net, const.clone(), quadratic_loss)
+    short = trace_membrane_grads(net, const, quadratic_loss, constant_input=True)
+    ref = autograd_membrane_grads(net, const.clone(), quadratic_loss)
+    for f, s, r in zip(full, short, ref):
+        assert torch.allclose(f, s, atol=1e-12) and torch.allclose(r, s, atol=1e-10)

@@ -122,7 +122,9 @@ class SigProp(Rule):
     def _voltage_grads(self, xin, cin, y):
         net = self.net
         with torch.no_grad():
-            tr_h, tr_t = MembraneTraces(net.params), MembraneTraces(net.params)
+            # Direct encoding and the label stream are constant in time: layer 1's trace is a scalar.
+            tr_h = MembraneTraces(net.params, constant_input=xin.stride(0) == 0)
+            tr_t = MembraneTraces(net.params, constant_input=True)
             res = simulate(net, xin, reset_grad="constant", observer=tr_h)
             simulate(net, cin, reset_grad="constant", observer=tr_t, first_weight=self.S1)
         losses, matches = [], []
