@@ -1,4 +1,21 @@
-"""The only module that imports Lava (lava-nc 0.10.0), with its Python 3.11 shim.
+"""The only module that imports Lava (lava-nc 0.10.0): processes, runs, and the Python 3.11 shim.
+
+Graph, per sample window of T steps (``research/lava.md`` §1.5, §3.6)::
+
+    RingBuffer(payloads) -> [Dense -> LIFReset] x L -> Dense -> LIFReset (read-out integrator)
+                                      |                                  |
+                               sink RingBuffer (spikes)          Read(v, once per sample)
+
+Samples run back to back in ONE compiled network: layer i (0-based, the read-out is i = L)
+integrates sample s's local step k at global step ``s·T + k + i + 2``, so each LIF is a
+``LIFReset(reset_interval=T, reset_offset=(i + 2) mod T)`` that zeroes u and v at its sample's
+first step (the Dense buffers are not reset: they already carry the new sample). That is the
+per-sample zero-state form ``spikeprop.network.simulate`` and ``hardware.loihi.emulate`` compute.
+One run lasts ``N·T + L + 1`` steps (the input is padded with zeros).
+
+Lava hangs silently after a worker error and ``stop()`` then hangs too (lava#231), so every run
+happens in a child process in its own process group, with a timeout; on timeout or error the
+whole group is killed (no worker outlives it) and a SpikepropError says what happened.
 
 lava-nc 0.10.0 declares Python <3.11. On 3.11 one import fails: in
 ``lava.magma.compiler.var_model`` the dataclasses ``CoreEncoder``, ``ChipEncoder`` and
@@ -14,8 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
+
+from hardware.loihi import Layer
 from spikeprop import SpikepropError
 
 VAR_MODEL = "lava.magma.compiler.var_model"
@@ -56,3 +85,210 @@ def import_lava():
     import lava.magma.core.run_configs  # noqa: F401  (fails here if the shim did not work)
 
     return sys.modules["lava"]
+
+
+# --------------------------------------------------------------------------------------------
+# Running networks on Lava's CPU simulator
+
+TAGS = ("fixed_pt", "floating_pt")
+ROOT = Path(__file__).resolve().parent.parent
+# Generous default limit: start-up, compile (~0.3 s) and ~2 ms per simulated step on a busy
+# 2-core machine; a hang is still reported within minutes instead of never.
+TIMEOUT_BASE_S = 120.0
+TIMEOUT_PER_STEP_S = 0.005
+EXIT_WORKER_ERROR = 3  # the child's status when Lava raised (its runtime is then unusable)
+
+
+class LavaResult(NamedTuple):
+    """Results of ``run``, sample-aligned (local time, as ``emulate`` and ``simulate`` give them).
+
+    spikes: per hidden layer [N, T, n] bool; v_out: the read-out's v at the end of each sample
+    [N, C]; u, v: per layer including the read-out [N, T, n] after the step's reset (only with
+    ``record_uv``); timing: seconds for build, compile, runtime start, run, read, per chunk summed.
+    """
+
+    spikes: list[np.ndarray]
+    v_out: np.ndarray
+    u: list[np.ndarray] | None
+    v: list[np.ndarray] | None
+    timing: dict
+
+
+def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded: bool, input_bits: int = 8,
+        record_uv: bool = False, chunk: int = 500, timeout: float | None = None) -> LavaResult:
+    """Run N samples x [N, T, n_in] on Lava's CPU simulator (``Loihi2SimCfg(select_tag=tag)``).
+
+    x holds integer payloads (fixed_pt; graded or 0/1) or floats (floating_pt). ``chunk`` samples
+    share one compiled network (``chunk=1`` compiles once per sample: the naive baseline).
+    Runs in a child process with a timeout (module docstring); raises SpikepropError on a hang or
+    a Lava error, after killing the child and all its workers.
+    """
+    if tag not in TAGS:
+        raise SpikepropError(f"unknown Lava tag '{tag}' (choose from: {', '.join(TAGS)})")
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[2] != layers[0].n_in:
+        raise SpikepropError(f"inputs must be [N, T, {layers[0].n_in}]; got {x.shape}")
+    if chunk < 1:
+        raise SpikepropError("chunk must be >= 1")
+    N, T, _ = x.shape
+    if timeout is None:
+        timeout = TIMEOUT_BASE_S + TIMEOUT_PER_STEP_S * (N * T + math_ceil(N / chunk) * (len(layers) + 1)) * (len(layers) + 1)
+    with tempfile.TemporaryDirectory(prefix="spikeprop-lava-") as tmp:
+        spec, out = Path(tmp) / "spec.npz", Path(tmp) / "out.npz"
+        header = {"tag": tag, "graded": graded, "input_bits": input_bits, "record_uv": record_uv, "chunk": chunk,
+                  "layers": [_layer_header(la) for la in [*layers, readout]]}
+        arrays = {"header": np.array(json.dumps(header)), "x": x}
+        for i, la in enumerate([*layers, readout]):
+            arrays[f"w{i}"], arrays[f"bm{i}"], arrays[f"be{i}"] = la.weights, la.bias_mant, la.bias_exp
+        np.savez(spec, **arrays)
+        _run_child(spec, out, timeout)
+        with np.load(out, allow_pickle=False) as z:
+            timing = json.loads(str(z["timing"]))
+            n_all = len(layers) + 1
+            spikes = [z[f"s{i}"].astype(bool) for i in range(len(layers))]
+            u = [z[f"u{i}"] for i in range(n_all)] if record_uv else None
+            v = [z[f"v{i}"] for i in range(n_all)] if record_uv else None
+            return LavaResult(spikes, z["v_out"], u, v, timing)
+
+
+def math_ceil(a: float) -> int:
+    return int(-(-a // 1))
+
+
+def _layer_header(la: Layer) -> dict:
+    num = (lambda y: int(y)) if isinstance(la.du, (int, np.integer)) else float
+    return {"weight_exp": int(la.weight_exp), "du": num(la.du), "dv": num(la.dv), "vth": num(la.vth)}
+
+
+def _run_child(spec: Path, out: Path, timeout: float) -> None:
+    """Run ``_child_main(spec, out)`` in a new process group; kill the group on timeout or error."""
+    code = "import sys; from hardware.lava import _child_main; _child_main(sys.argv[1], sys.argv[2])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    log = spec.parent / "child.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(out)], stdout=logf, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise SpikepropError(f"Lava did not finish within {timeout:.0f} s (a silent hang); its processes were "
+                                 "killed") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        _kill_group(proc)  # a worker that outlived the child (it should not) goes too
+    if rc != 0 or not out.is_file():
+        tail = log.read_text(errors="replace").strip().splitlines()[-8:]
+        detail = " | ".join(line.strip() for line in tail) or "no output"
+        raise SpikepropError(f"Lava failed (exit status {rc}); its processes were killed. Last output: {detail}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _child_main(spec_path: str, out_path: str) -> None:
+    """Entry point of the child process: build, run, write results; never returns."""
+    try:
+        with np.load(spec_path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            x = z["x"]
+            layers = [Layer(z[f"w{i}"], h["weight_exp"], h["du"], h["dv"], h["vth"], z[f"bm{i}"], z[f"be{i}"])
+                      for i, h in enumerate(header["layers"])]
+        results, timing = [], {}
+        for start in range(0, x.shape[0], header["chunk"]):
+            res, t = _run_chunk(layers, x[start : start + header["chunk"]], header)
+            results.append(res)
+            for k, val in t.items():
+                timing[k] = timing.get(k, 0.0) + val
+        arrays = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+        arrays["timing"] = np.array(json.dumps(timing))
+        np.savez(out_path, **arrays)
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # No stop(): after a worker error it hangs (lava#231). The parent kills our workers.
+        os._exit(EXIT_WORKER_ERROR)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _run_chunk(layers: list[Layer], x: np.ndarray, header: dict) -> tuple[dict, dict]:
+    """Build the graph for x [N, T, n_in], run it once, read back; in the child process."""
+    import_lava()
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.sink import Read
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.lif.process import LIFReset
+    from lava.proc.monitor.process import Monitor
+
+    t0 = time.perf_counter()
+    N, T, n_in = x.shape
+    L = len(layers) - 1  # hidden layers; layers[-1] is the read-out
+    total = N * T + L + 1
+    fixed = header["tag"] == "fixed_pt"
+    # Lava's layout is time-last: [n_in, steps]. The only place spikeprop's [T, B, N] meets it.
+    data = np.zeros((n_in, total), dtype=np.int32 if fixed else np.float64)
+    data[:, : N * T] = x.reshape(N * T, n_in).T
+    src = Source(data=data)
+    prev, sinks, lifs, monitors = src.s_out, [], [], []
+    for i, la in enumerate(layers):
+        kw = {"weights": la.weights.astype(np.int32 if fixed else np.float64),
+              "num_message_bits": header["input_bits"] if i == 0 and header["graded"] else 0}
+        if fixed:
+            kw["weight_exp"] = int(la.weight_exp)
+        dense = Dense(**kw)
+        lif = LIFReset(shape=(la.n_out,), du=la.du, dv=la.dv, vth=la.vth,
+                       bias_mant=la.bias_mant.astype(np.int32 if fixed else np.float64), bias_exp=la.bias_exp.astype(np.int32),
+                       reset_interval=T, reset_offset=(i + 2) % T)
+        prev.connect(dense.s_in)
+        dense.a_out.connect(lif.a_in)
+        if i < L:
+            sink = Sink(shape=(la.n_out,), buffer=total)
+            lif.s_out.connect(sink.a_in)
+            sinks.append(sink)
+        if header["record_uv"]:
+            for var in (lif.u, lif.v):
+                m = Monitor()
+                m.probe(var, total)
+                monitors.append((m, lif, var.name))
+        lifs.append(lif)
+        prev = lif.s_out
+    # The read-out's v after its last step of sample s is read in post-management at global
+    # step (s+1)·T + L + 1; reads happen when (t - 1) mod T == L mod T, and the first
+    # 1 + L // T reads precede sample 0 (warm-up reads).
+    warm = 1 + L // T
+    reader = Read(buffer=N + warm, interval=T, offset=L % T)
+    reader.connect_var(lifs[-1].v)
+    cfg = Loihi2SimCfg(select_tag=header["tag"])
+    t1 = time.perf_counter()
+    executable = src.compile(run_cfg=cfg)
+    t2 = time.perf_counter()
+    src.create_runtime(executable=executable)
+    t3 = time.perf_counter()
+    src.run(condition=RunSteps(num_steps=total))
+    t4 = time.perf_counter()
+
+    def local(arr: np.ndarray, i: int) -> np.ndarray:
+        """[total, n] in global steps -> [N, T, n] in layer i's local clock (index s·T + k + i + 1)."""
+        return arr[i + 1 : i + 1 + N * T].reshape(N, T, -1)
+
+    out = {f"s{i}": local(sink.data.get().T, i).astype(np.int8) for i, sink in enumerate(sinks)}
+    out["v_out"] = reader.data.get()[:, warm : warm + N].T
+    for m, lif, name in monitors:
+        i = lifs.index(lif)
+        out[f"{name}{i}"] = local(m.get_data()[lif.name][name], i)
+    t5 = time.perf_counter()
+    src.stop()
+    timing = {"build_s": t1 - t0, "compile_s": t2 - t1, "start_s": t3 - t2, "run_s": t4 - t3, "read_s": t5 - t4,
+              "stop_s": time.perf_counter() - t5, "steps": total}
+    return out, timing

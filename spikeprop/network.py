@@ -63,6 +63,9 @@ class Network(nn.Module):
             raise SpikepropError(f"{len(params)} LIF parameter sets for {n_hidden} hidden layers")
         self.sizes = tuple(sizes)
         self.params = tuple(params)
+        # Optional W -> W' applied to every Dense (hidden and read-out) inside ``simulate``:
+        # ``--quantize loihi`` sets spikeprop.quantize.fake_quant_weight. Not a parameter.
+        self.weight_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
@@ -133,6 +136,8 @@ def simulate(
         raise SpikepropError(f"inputs must be time-major [T, B, N]; got shape {tuple(x.shape)}")
     T, B, _ = x.shape
     weights = list(net.weights)
+    if net.weight_transform is not None:
+        weights = [net.weight_transform(w) for w in weights]
     if first_weight is not None:
         weights[0] = first_weight
     if x.shape[2] != weights[0].shape[1]:
@@ -153,7 +158,10 @@ def simulate(
                 rec_s[layer].append(step.s)
                 rec_v[layer].append(step.v_pre)
             s = step.s
-    logits = net.readout(counts[-1] / T)
+    if net.weight_transform is None:
+        logits = net.readout(counts[-1] / T)
+    else:
+        logits = F.linear(counts[-1] / T, net.weight_transform(net.readout.weight), net.readout.bias)
     if not record:
         return SimResult(counts, logits)
     return SimResult(counts, logits, [torch.stack(r) for r in rec_s], [torch.stack(r) for r in rec_v])

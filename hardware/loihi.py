@@ -1,0 +1,506 @@
+"""Loihi-2 fixed point: quantization, a capacity check, a file format and a bit-exact emulator.
+
+A ``FixedNetwork`` is plain data: per hidden layer a Lava ``Dense`` (even integer weights
+``2m`` in [-256, 254], one ``weight_exp``) feeding a Lava ``LIF`` (``du``, ``dv``, ``vth`` as
+Python ints, per-neuron ``bias_mant`` / ``bias_exp``), then the read-out: a Dense into a
+non-spiking integrator LIF (``du = 4095``: memoryless current, ``dv = 0``, ``vth = VTH_MAX``,
+never reached), whose voltage after T steps is ``64·S_out·T·logits``. Arithmetic of Lava's
+``PyLifModelBitAcc`` and ``PyDenseModelBitAcc`` (``research/lava.md`` §1.3, §2.2), per step::
+
+    a = (W · s) << e            (e < 0: arithmetic right shift, i.e. floor of the sum)
+    u = trunc0(u · (4095 - du) / 4096) + (a << 6)          then Lava's one-shot 24-bit wrap
+    v = clip(trunc0(v · (4096 - dv) / 4096) + u + (bias_mant << bias_exp), ±(2**23 - 1))
+    s = v > (vth << 6);  v = 0 where s                      (u is not reset)
+
+``emulate`` runs that in batched int64 torch, in the per-sample form of ``spikeprop.network``:
+layer l's local step t is Lava's global step ``t + l + 2`` of the sample's window, which is what
+Lava computes with per-layer ``LIFReset(reset_interval=T, reset_offset=(2 + l) mod T)`` behind a
+RingBuffer (``hardware.lava``). The Dense's one-step delay is therefore in the clock, not in
+the arithmetic.
+
+File format (``save`` / ``load``; ``spikeprop export RUN_DIR --to lava --out FILE``): one
+``.npz`` (numpy's zip of ``.npy`` arrays) holding
+
+    header                  0-d unicode array: JSON, below
+    layer{i}.weights        int32 [n_out, n_in], even, in [-256, 254]   (i = 0 .. L-1)
+    layer{i}.bias_mant      int32 [n_out], in [-4096, 4095]
+    layer{i}.bias_exp       int32 [n_out], in [0, 7]
+    readout.weights / readout.bias_mant / readout.bias_exp          (the same for the read-out)
+
+    header = {"format": "spikeprop-loihi", "version": 1, "steps": T, "encoding": "direct"|"rate"|"latency",
+              "graded_input": bool, "input_scale": float, "input_bits": int,
+              "layers": [{"n_in", "n_out", "weight_exp", "du", "dv", "vth", "scale"}, ...],
+              "readout": {... the same ...}, "source": {...}}
+
+Input: for graded input (direct encoding) Lava's source sends the integer payload
+``round(x · input_scale)`` at every step (``Dense(num_message_bits=input_bits)``); for binary
+input (rate, latency) it sends 0/1 spikes. ``scale`` is the layer's integer scale S: Lava
+a-units per float unit of input current; u and v are in units of 64·S.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from spikeprop import SpikepropError
+from spikeprop.network import Network, simulate
+from spikeprop.neurons import LIFState, LIFStep
+from spikeprop.quantize import DECAY_UNIT, weight_mantissa
+
+FORMAT = "spikeprop-loihi"
+FORMAT_VERSION = 1
+
+# --- Lava fixed_pt arithmetic (lava/proc/lif/models.py, lava/proc/dense/models.py) -----------
+UV_BITS = 24  # u and v are 24-bit signed registers
+UV_LIMIT = 2 ** (UV_BITS - 1)  # u wraps past +2**23, v saturates at ±(2**23 - 1)
+ACT_SHIFT = 6  # the Dense output is MSB-aligned into u with << 6
+VTH_SHIFT = 6  # the threshold is MSB-aligned with << 6 (so vth is in weight units)
+DECAY_SHIFT = 12  # decays are fractions of 2**12 = DECAY_UNIT
+DU_OFFSET = 1  # Lava multiplies u by (4096 - (du + 1)) / 4096: du = 4095 makes u memoryless
+INT32_BITS = 32  # Lava forms a << 6 and u + a in int32 and sends a through an int32 channel
+
+# --- Loihi 2 parameter ranges (the bit widths Lava's LIF/Dense docstrings declare) -------------
+WEIGHT_MIN, WEIGHT_MAX = -256, 254  # 8-bit mantissa, MIXED sign mode: even values only
+WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -8, 7  # a signed 4-bit shared weight exponent
+DECAY_MAX = 4095  # du, dv: unsigned 12-bit
+VTH_MAX = 2**17 - 1  # vth: unsigned 17-bit
+BIAS_MANT_MIN, BIAS_MANT_MAX = -(2**12), 2**12 - 1  # bias_mant: signed 13-bit
+BIAS_EXP_MAX = 7  # bias_exp: unsigned 3-bit
+ACT_MAX = 2**17  # |a| below this keeps a << 6 inside u's 24 bits (no wrap), lava.md §1.3
+MESSAGE_BITS_MAX = 24  # graded spikes carry up to 24-bit payloads on Loihi 2
+
+# Headroom: the calibrated peak of |u| and |v| may use half of the 24-bit range, so samples
+# brighter than the calibration set have a factor 2 before u wraps or v saturates (§4.2).
+HEADROOM_BITS = 1
+
+# --- Loihi 2 chip resources: Intel, "Taking Neuromorphic Computing to the Next Level with
+# Loihi 2" (technology brief, 2021): 128 neuro cores, up to 1 M neurons and 120 M synapses per
+# chip, at most 8192 neurons per core. The brief gives no per-core synapse count; we use the
+# chip's 120 M synapses over its 128 cores as the average a core can hold (the true figure
+# depends on weight precision and sparsity, decided by Intel's hardware compiler).
+CORES_PER_CHIP = 128
+NEURONS_PER_CORE = 8192
+SYNAPSES_PER_CORE = 120_000_000 // CORES_PER_CHIP
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One Dense + LIF pair, Lava's parameters as given to its processes.
+
+    Integers for fixed_pt (``FixedNetwork``); ``float_layers`` fills the same record with
+    floats for floating_pt (weights in float units, du/dv fractions, bias in v units).
+    weights: [n_out, n_in]; bias_mant, bias_exp: [n_out]; scale: S (1.0 for float layers).
+    """
+
+    weights: np.ndarray
+    weight_exp: int
+    du: int | float
+    dv: int | float
+    vth: int | float
+    bias_mant: np.ndarray
+    bias_exp: np.ndarray
+    scale: float = 1.0
+
+    @property
+    def n_in(self) -> int:
+        return int(self.weights.shape[1])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.weights.shape[0])
+
+    def scalars(self) -> dict:
+        return {"n_in": self.n_in, "n_out": self.n_out, "weight_exp": self.weight_exp, "du": self.du,
+                "dv": self.dv, "vth": self.vth, "scale": self.scale}
+
+
+@dataclass(frozen=True)
+class FixedNetwork:
+    """A network in Loihi-2 integers (module docstring). ``layers`` are the spiking layers."""
+
+    layers: tuple[Layer, ...]
+    readout: Layer
+    steps: int
+    encoding: str
+    graded_input: bool
+    input_scale: float
+    input_bits: int
+    source: dict | None = None
+
+    def header(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "steps": self.steps, "encoding": self.encoding,
+                "graded_input": self.graded_input, "input_scale": self.input_scale, "input_bits": self.input_bits,
+                "layers": [layer.scalars() for layer in self.layers], "readout": self.readout.scalars(),
+                "source": self.source or {}}
+
+    def payload(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded input x [T, B, n_in] (currents in [0, 1] or 0/1 spikes) -> int64 payload."""
+        if self.graded_input:
+            return torch.round(x.double() * self.input_scale).to(torch.int64)
+        return (x != 0).to(torch.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization (research/lava.md §4.2)
+
+
+class Calibration(NamedTuple):
+    """Peaks of the float network on calibration data, per hidden layer and for the read-out."""
+
+    peak: list[float]  # max(|u|, |v before reset|) per hidden layer, float units
+    readout_peak: float  # max over t of |partial sums of W_out s + b_out| and |W_out s|
+
+
+@torch.no_grad()
+def calibrate(net: Network, x: torch.Tensor) -> Calibration:
+    """Run the float network on encoded inputs x [T, B, n_in] and record its peaks."""
+    peak = [0.0] * net.n_layers
+
+    def observer(layer, t, s_in, step):
+        p = max(float(step.state.u.abs().max()), float(step.v_pre.abs().max()))
+        peak[layer] = max(peak[layer], p)
+
+    res = simulate(net, x.to(torch.float32), observer=observer, record=True)
+    w_out = _effective(net, net.readout.weight)
+    a = F.linear(res.spikes[-1], w_out)  # [T, B, C]
+    partial = torch.cumsum(a + net.readout.bias, dim=0)
+    readout_peak = max(float(a.abs().max()), float(partial.abs().max()))
+    return Calibration(peak, readout_peak)
+
+
+def _effective(net: Network, w: torch.Tensor) -> torch.Tensor:
+    return net.weight_transform(w) if net.weight_transform is not None else w
+
+
+def _choose_exp(step: float, input_scale: float, peak: float, vth: float | None) -> int:
+    """The largest weight exponent e in range with 64·S·peak <= 2**(23 - HEADROOM) and vth·S <= VTH_MAX.
+
+    S = 2**(e + 1) / (step · input_scale) is the layer's integer scale (Lava a-units per float unit).
+    """
+    unit = 2.0 / (step * input_scale)  # S at e = 0
+    budget = UV_LIMIT / 2**HEADROOM_BITS / 2**ACT_SHIFT
+    e = WEIGHT_EXP_MAX
+    if peak > 0:
+        e = min(e, math.floor(math.log2(budget / (unit * peak))))
+    if vth is not None:
+        e = min(e, math.floor(math.log2(VTH_MAX / (unit * vth))))
+    return max(WEIGHT_EXP_MIN, e)
+
+
+def _bias(b: np.ndarray, v_unit: float) -> tuple[np.ndarray, np.ndarray]:
+    """bias in float units -> (bias_mant, bias_exp) per neuron with mant·2**exp ≈ b·v_unit."""
+    b_int = np.round(b.astype(np.float64) * v_unit)
+    mag = np.abs(b_int)
+    exp = np.zeros(b_int.shape, dtype=np.int64)
+    big = mag > BIAS_MANT_MAX
+    exp[big] = np.ceil(np.log2(mag[big] / BIAS_MANT_MAX)).astype(np.int64)
+    mant = np.round(b_int / 2.0**exp).astype(np.int64)
+    # round() may land one above the range: move such neurons to the next exponent.
+    over = (mant > BIAS_MANT_MAX) | (mant < BIAS_MANT_MIN)
+    exp[over] += 1
+    mant[over] = np.round(b_int[over] / 2.0 ** exp[over]).astype(np.int64)
+    return mant.astype(np.int32), exp.astype(np.int32)
+
+
+def _fixed_layer(w: torch.Tensor, bias: np.ndarray, input_scale: float, peak: float, vth: float | None,
+                 du: float, dv: float) -> Layer:
+    m, step = weight_mantissa(w.detach().cpu().double())
+    step = float(step)
+    e = _choose_exp(step, input_scale, peak, vth)
+    scale = 2.0 ** (e + 1) / (step * input_scale)
+    bias_mant, bias_exp = _bias(bias, 2**ACT_SHIFT * scale)
+    vth_int = VTH_MAX if vth is None else int(round(vth * scale))
+    du_int = int(round(du * DECAY_UNIT)) - DU_OFFSET
+    dv_int = int(round(dv * DECAY_UNIT))
+    weights = (2 * m).to(torch.int32).numpy()
+    return Layer(weights, int(e), du_int, dv_int, vth_int, bias_mant, bias_exp, scale)
+
+
+def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded_input: bool,
+             input_scale: float = 1.0, source: dict | None = None) -> FixedNetwork:
+    """Float network -> Loihi-2 integers (lava.md §4.2), one scale per layer.
+
+    calibration_x: encoded inputs [T, B, n_in] the scales are chosen on (a few hundred training
+    samples). input_scale: for graded input, the payload per unit of x (use the dataset's
+    ``scale`` so that the stored integer pixels are sent exactly); binary input uses 1.
+
+    Per layer: m = round(W/Δ) with Δ = max|W|/127, weights 2m; the exponent e is the largest
+    in [-8, 7] that keeps the calibrated peak of u and v within 2**22 and vth within 17 bits;
+    S = 2**(e+1)/(Δ·input_scale); vth = round(vth·S); bias = round(64·S·b) as mant·2**exp;
+    du = round(4096·du) - 1, dv = round(4096·dv). The result is returned even when it does not
+    fit Loihi 2: ``check_fit`` says what does not.
+    """
+    if not graded_input:
+        input_scale = 1.0
+    cal = calibrate(net, calibration_x)
+    layers = []
+    scale_in = input_scale
+    for layer in range(net.n_layers):
+        p = net.params[layer]
+        w = _effective(net, net.weights[layer])
+        b = net.biases[layer].detach().cpu().double().numpy()
+        layers.append(_fixed_layer(w, b, scale_in, cal.peak[layer], p.vth, p.du, p.dv))
+        scale_in = 1.0  # spikes between layers are 0/1: no scale travels with them
+    # Read-out: Dense into a memoryless-current (du = 1), perfect-integrator (dv = 0) LIF.
+    w_out = _effective(net, net.readout.weight)
+    b_out = net.readout.bias.detach().cpu().double().numpy()
+    readout = _fixed_layer(w_out, b_out, 1.0, cal.readout_peak, None, 1.0, 0.0)
+    bits = max(1, math.ceil(math.log2(input_scale + 1))) if graded_input else 0
+    return FixedNetwork(tuple(layers), readout, int(calibration_x.shape[0]), encoding, graded_input,
+                        float(input_scale), bits, source)
+
+
+# --------------------------------------------------------------------------------------------
+# What Loihi 2 can hold
+
+
+def resources(fnet: FixedNetwork) -> dict:
+    """Neurons, synapses and neuro cores per layer and in total (the input is sent by the host).
+
+    A layer of n neurons with fan-in k needs max(ceil(n / NEURONS_PER_CORE), ceil(n·k / SYNAPSES_PER_CORE))
+    cores; layers do not share cores.
+    """
+    rows = []
+    for name, layer in _named_layers(fnet):
+        syn = layer.n_out * layer.n_in
+        cores = max(math.ceil(layer.n_out / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE))
+        rows.append({"layer": name, "neurons": layer.n_out, "synapses": syn, "cores": cores})
+    total = {k: sum(r[k] for r in rows) for k in ("neurons", "synapses", "cores")}
+    total["chips"] = math.ceil(total["cores"] / CORES_PER_CHIP)
+    return {"layers": rows, **total}
+
+
+def _named_layers(fnet: FixedNetwork):
+    for i, layer in enumerate(fnet.layers):
+        yield f"layer {i + 1}", layer
+    yield "read-out", fnet.readout
+
+
+def check_fit(fnet: FixedNetwork, calibration: Calibration | None = None) -> list[str]:
+    """Everything about ``fnet`` that Loihi 2 cannot hold, one readable line each ([] if it fits).
+
+    Checks the bit ranges of every parameter, the per-core neuron and synapse limits and, when a
+    calibration is given, that the calibrated activity stays inside the 24-bit u and v.
+    """
+    problems = []
+    for name, layer in _named_layers(fnet):
+        w = layer.weights
+        if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
+            problems.append(f"{name}: weights must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
+                            f"(8-bit mantissa); got [{w.min()}, {w.max()}]")
+        if not WEIGHT_EXP_MIN <= layer.weight_exp <= WEIGHT_EXP_MAX:
+            problems.append(f"{name}: weight_exp {layer.weight_exp} is outside [{WEIGHT_EXP_MIN}, {WEIGHT_EXP_MAX}]")
+        for key in ("du", "dv"):
+            d = getattr(layer, key)
+            if not 0 <= d <= DECAY_MAX:
+                hint = " (du = 0, a current that never decays, is not representable; train with du >= 1/4096)" \
+                    if key == "du" else ""
+                problems.append(f"{name}: {key} = {d} is outside the 12-bit range [0, {DECAY_MAX}]{hint}")
+        if not 0 <= layer.vth <= VTH_MAX:
+            problems.append(f"{name}: vth = {layer.vth} is outside the 17-bit range [0, {VTH_MAX}]")
+        bm, be = layer.bias_mant, layer.bias_exp
+        if bm.size and (bm.min() < BIAS_MANT_MIN or bm.max() > BIAS_MANT_MAX):
+            problems.append(f"{name}: bias_mant outside the 13-bit range [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
+        if be.size and (be.min() < 0 or be.max() > BIAS_EXP_MAX):
+            worst = int(np.argmax(be))
+            problems.append(f"{name}: neuron {worst}'s bias needs bias_exp = {int(be.max())} > {BIAS_EXP_MAX} "
+                            f"(the bias is {int(be.max()) - BIAS_EXP_MAX} bits too large for the layer's scale)")
+        if layer.n_in > SYNAPSES_PER_CORE:
+            problems.append(f"{name}: a neuron with {layer.n_in} inputs needs more synapses than a core holds "
+                            f"({SYNAPSES_PER_CORE})")
+    if fnet.graded_input and fnet.input_bits > MESSAGE_BITS_MAX:
+        problems.append(f"input: {fnet.input_bits}-bit graded payloads exceed {MESSAGE_BITS_MAX} bits")
+    res = resources(fnet)
+    if res["chips"] > 1:
+        problems.append(f"the network needs {res['cores']} cores, more than one Loihi 2 chip ({CORES_PER_CHIP}); "
+                        "it needs a multi-chip system")
+    if calibration is not None:
+        for i, (layer, peak) in enumerate(zip(fnet.layers, calibration.peak)):
+            top = peak * 2**ACT_SHIFT * layer.scale
+            if top >= UV_LIMIT:
+                problems.append(f"layer {i + 1}: calibrated |u|, |v| reach {top:.3g} > 2**23 even at weight_exp "
+                                f"{layer.weight_exp}: the 24-bit state would wrap or saturate")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def save(fnet: FixedNetwork, path: str | Path) -> None:
+    """Write ``fnet`` as .npz (format in the module docstring), atomically."""
+    import io
+
+    from spikeprop.runs import atomic_write_bytes
+
+    arrays = {"header": np.array(json.dumps(fnet.header(), sort_keys=True))}
+    for name, layer in [*((f"layer{i}", la) for i, la in enumerate(fnet.layers)), ("readout", fnet.readout)]:
+        arrays[f"{name}.weights"] = layer.weights.astype(np.int32)
+        arrays[f"{name}.bias_mant"] = layer.bias_mant.astype(np.int32)
+        arrays[f"{name}.bias_exp"] = layer.bias_exp.astype(np.int32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load(path: str | Path) -> FixedNetwork:
+    """Read a file written by ``save``; SpikepropError if it is not one."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
+                raise SpikepropError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file")
+
+            def layer(name: str, d: dict) -> Layer:
+                return Layer(z[f"{name}.weights"], int(d["weight_exp"]), int(d["du"]), int(d["dv"]), int(d["vth"]),
+                             z[f"{name}.bias_mant"], z[f"{name}.bias_exp"], float(d["scale"]))
+
+            layers = tuple(layer(f"layer{i}", d) for i, d in enumerate(header["layers"]))
+            readout = layer("readout", header["readout"])
+    except FileNotFoundError:
+        raise SpikepropError(f"{path} does not exist") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise SpikepropError(f"{path} is not a readable {FORMAT} file ({type(e).__name__}: {e})") from None
+    return FixedNetwork(layers, readout, int(header["steps"]), header["encoding"], bool(header["graded_input"]),
+                        float(header["input_scale"]), int(header["input_bits"]), header.get("source") or None)
+
+
+# --------------------------------------------------------------------------------------------
+# The bit-exact emulator
+
+
+def _wrap32(x: torch.Tensor) -> torch.Tensor:
+    """int64 -> the value numpy's int32 arithmetic would hold (two's complement wrap)."""
+    half = 2 ** (INT32_BITS - 1)
+    return torch.remainder(x + half, 2 * half) - half
+
+
+def _trunc_decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """trunc0(x · keep / 4096): Lava's sign(p)·(|p| >> 12), rounding toward zero."""
+    p = x * keep
+    return torch.sign(p) * (p.abs() >> DECAY_SHIFT)
+
+
+def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.Tensor) -> LIFStep:
+    """One step of Lava's bit-accurate LIF (module docstring), int64 tensors [B, N].
+
+    a: the Dense output (already shifted by weight_exp); layer: du, dv, vth; bias: the per-neuron
+    ``bias_mant << bias_exp`` [N] (``bias_v(layer)``). Returns spikes (bool), v before the reset
+    and the new state (u, v after the reset): the integer twin of ``spikeprop.neurons.lif_step``.
+    """
+    u = _wrap32(_trunc_decay(state.u, DECAY_UNIT - (layer.du + DU_OFFSET)) + _wrap32(a << ACT_SHIFT))
+    # Lava's one-shot wrap: the second test is on the wrapped value but adds to the unwrapped one.
+    w = torch.where(u > UV_LIMIT, u - 2 * UV_LIMIT, u)
+    u = torch.where(w <= -UV_LIMIT, u + 2 * UV_LIMIT, w)
+    v = _wrap32(_trunc_decay(state.v, DECAY_UNIT - layer.dv) + u + bias)
+    v_pre = v.clamp(-(UV_LIMIT - 1), UV_LIMIT - 1)
+    s = v_pre > (int(layer.vth) << VTH_SHIFT)
+    return LIFStep(s, v_pre, LIFState(u, torch.where(s, torch.zeros_like(v_pre), v_pre)))
+
+
+def bias_v(layer: Layer, device=None) -> torch.Tensor:
+    """The bias Lava adds to v each step: bias_mant << bias_exp (>> for a negative exponent), int64 [N]."""
+    mant, exp = layer.bias_mant.astype(np.int64), layer.bias_exp.astype(np.int64)
+    b = np.where(exp >= 0, mant << np.maximum(exp, 0), mant >> np.maximum(-exp, 0))
+    return torch.as_tensor(b, dtype=torch.int64, device=device)
+
+
+def _dense(s: torch.Tensor, w: torch.Tensor, exact_float: torch.dtype, weight_exp: int) -> torch.Tensor:
+    """Lava's fixed_pt Dense: (W·s) shifted by weight_exp, as int64; the GEMM runs in a float
+    type that is exact for these magnitudes (integers below 2**24 in float32, 2**53 in float64)."""
+    a = F.linear(s.to(exact_float), w).to(torch.int64)
+    a = a << weight_exp if weight_exp > 0 else a >> -weight_exp
+    return _wrap32(a)
+
+
+class EmuResult(NamedTuple):
+    """What ``emulate`` returns (int64 unless noted).
+
+    v_out: read-out voltages after T steps [B, C]; logits: v_out in float units (/ 64·S·T), float64.
+    counts: spike counts per hidden layer [B, n]. When ``record``: spikes (bool), u and v (after
+    the reset, as Lava's Var probes see them) per layer as [T, B, n], and the read-out's too.
+    """
+
+    v_out: torch.Tensor
+    logits: torch.Tensor
+    counts: list[torch.Tensor]
+    spikes: list[torch.Tensor] | None = None
+    u: list[torch.Tensor] | None = None
+    v: list[torch.Tensor] | None = None
+
+
+@torch.no_grad()
+def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) -> EmuResult:
+    """Run ``fnet`` bit-exactly on payload [T, B, n_in] (ints: graded payloads or 0/1), from zero state.
+
+    Every layer starts its sample from u = v = 0 (Lava: LIFReset at the sample's first step),
+    so the result equals Lava's fixed_pt run of the same samples back to back (hardware.lava).
+    """
+    if payload.dim() != 3 or payload.shape[2] != fnet.layers[0].n_in:
+        raise SpikepropError(f"payload must be [T, B, {fnet.layers[0].n_in}]; got {tuple(payload.shape)}")
+    T, B, _ = payload.shape
+    device = payload.device
+    all_layers = [*fnet.layers, fnet.readout]
+    max_in = int(payload.abs().max()) if payload.numel() else 0
+    dense = []
+    for i, layer in enumerate(all_layers):
+        in_max = max_in if i == 0 else 1
+        exact = torch.float32 if layer.n_in * abs(WEIGHT_MIN) * in_max < 2**24 else torch.float64
+        dense.append((torch.as_tensor(layer.weights, device=device).to(exact), exact, layer.weight_exp))
+    biases = [bias_v(la, device) for la in all_layers]
+    states = [LIFState.zeros(B, la.n_out, device=device, dtype=torch.int64) for la in all_layers]
+    counts = [torch.zeros(B, la.n_out, dtype=torch.int64, device=device) for la in fnet.layers]
+    rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
+    constant = payload.stride(0) == 0 or bool((payload == payload[:1]).all())
+    a_first = _dense(payload[0], *dense[0]) if constant else None
+    for t in range(T):
+        s = payload[t]
+        for i, layer in enumerate(all_layers):
+            a = a_first if i == 0 and a_first is not None else _dense(s, *dense[i])
+            step = fixed_lif_step(a, states[i], layer, biases[i])
+            states[i] = step.state
+            if i < len(fnet.layers):
+                counts[i] += step.s
+            if record:
+                rec["s"][i].append(step.s)
+                rec["u"][i].append(step.state.u)
+                rec["v"][i].append(step.state.v)
+            s = step.s
+    v_out = states[-1].v
+    logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
+    if not record:
+        return EmuResult(v_out, logits, counts)
+    stack = {k: [torch.stack(r) for r in rows] for k, rows in rec.items()}
+    return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
+
+
+def float_layers(net: Network) -> tuple[list[Layer], Layer]:
+    """The float network as Lava floating_pt parameters (float64): hidden layers and read-out.
+
+    Weights are the ones ``simulate`` uses (after ``net.weight_transform``); the read-out is a
+    non-spiking integrator (du = 1, dv = 0, an unreachable threshold) whose v after T steps is T·logits.
+    """
+    def f64(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().double().numpy()
+
+    layers = []
+    for w, b, p in zip(net.weights, net.biases, net.params):
+        layers.append(Layer(f64(_effective(net, w)), 0, float(p.du), float(p.dv), float(p.vth), f64(b),
+                            np.zeros(b.shape[0], dtype=np.int32)))
+    w_out = _effective(net, net.readout.weight)
+    readout = Layer(f64(w_out), 0, 1.0, 0.0, FLOAT_UNREACHABLE, f64(net.readout.bias),
+                    np.zeros(w_out.shape[0], dtype=np.int32))
+    return layers, readout
+
+
+FLOAT_UNREACHABLE = 1e300  # the float read-out's threshold: never crossed
