@@ -1,4 +1,4 @@
-"""Command line: ``spikeprop train | evaluate | export | import``.
+"""Command line: ``spikeprop train | evaluate | export | import | analyze``.
 
 ``main(argv=None) -> int`` so that tests call it in-process. Errors caused by the user's input
 (``SpikepropError``) print one line and exit with status 2; nothing below this module sees
@@ -107,6 +107,14 @@ def _add_import(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="sparsity, class ensembles and SynOps of a run; writes analysis.json and PNGs")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--limit", type=int, default=1000, help="test samples to analyse")
+    p.add_argument("--device", help="torch device (default: the run's)")
+    p.set_defaults(func=cmd_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikeprop",
@@ -117,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_export(sub)
     _add_import(sub)
+    _add_analyze(sub)
     return parser
 
 
@@ -229,6 +238,18 @@ def cmd_import(args: argparse.Namespace) -> int:
                         encoding=args.encoding, rule=args.rule, dt=args.dt)
     print(f"imported {args.nir_file}: hidden {','.join(map(str, config['hidden']))}, neurons {config['neurons']}, "
           f"{config['dataset']}, T={config['steps']}, encoding {config['encoding']} -> run directory {args.out}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from spikeprop.analysis import analyze_run
+
+    result = analyze_run(args.run_dir, limit=args.limit, device=args.device)
+    for layer in result["layers"]:
+        print(f"layer {layer['layer']}: firing rate {layer['firing_rate']:.4f}, silent {layer['silent_fraction']:.3f}, "
+              f"Hoyer (counts) {layer['hoyer_counts']:.3f}, Hoyer (voltage) {layer['hoyer_voltage']:.3f}, "
+              f"mean ensemble size {layer['ensemble_size_mean']:.1f}, mean overlap {layer['ensemble_jaccard_mean']:.3f}")
+    print(f"SynOps per sample {result['synops_per_sample']:.0f}; wrote {', '.join(result['files'])} in {args.run_dir}")
     return 0
 
 

@@ -37,11 +37,20 @@ def activity(net: Network, encoder: Encoder, ds: Dataset, n: int = 1000, device:
     res = simulate(net, xin)
     T = xin.shape[0]
     out: dict = {"firing_rate": [], "silent_fraction": []}
-    synops = float((xin != 0).sum()) / len(x) * net.sizes[1]
-    for layer, c in enumerate(res.counts):
+    for c in res.counts:
         out["firing_rate"].append(float(c.mean()) / T)
         out["silent_fraction"].append(float((c.sum(0) == 0).float().mean()))
-        fan_out = net.sizes[layer + 2]
-        synops += float(c.sum()) / len(x) * fan_out
-    out["synops_per_sample"] = synops
+    out["synops_per_sample"] = synops(net, xin, res.counts) / len(x)
     return out
+
+
+def synops(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> float:
+    """Synaptic operations of a batch: input [T, B, n_in] and hidden spike counts (each [B, n]).
+
+    Every non-zero input entering the first Dense costs its fan-out (``sizes[1]``) additions per
+    step, and every spike of hidden layer l costs the fan-out of the Dense it feeds.
+    """
+    ops = float((xin != 0).sum()) * net.sizes[1]
+    for layer, c in enumerate(counts):
+        ops += float(c.sum()) * net.sizes[layer + 2]
+    return ops

@@ -1,0 +1,99 @@
+"""Representation analysis: hand-computed metrics and the `analyze` command on a tiny trained run."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from spikeprop import SpikepropError
+from spikeprop.analysis import ANALYSIS, FIGURES, ensembles, hoyer, overlaps, summarize
+from spikeprop.cli import main
+from spikeprop.evaluate import activity, synops
+from spikeprop.network import Network
+from spikeprop.neurons import LIFParams
+from spikeprop.train import load_run
+
+
+def test_hoyer_known_values():
+    x = torch.tensor([[0.0, 3.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    h = hoyer(x)
+    assert h[0] == pytest.approx(1.0)  # one active unit
+    assert h[1] == pytest.approx(0.0, abs=1e-12)  # uniform activity
+    assert h[2] == pytest.approx((2 - math.sqrt(2)) / (2 - 1))  # |x|_1/|x|_2 = sqrt(2), sqrt(n) = 2
+    assert math.isnan(h[3])  # no activity: undefined, left out of means
+    with pytest.raises(SpikepropError):
+        hoyer(torch.ones(3, 1))
+
+
+def test_ensembles_and_overlaps_by_hand():
+    # 3 classes x 4 samples, 30 units: class 0 drives units 0 and 4, class 1 units 1 and 4 (and unit 7
+    # in only one of its samples: median 0), class 2 nothing. The 90 % quantile of each class is 0.
+    rows, labels = [], []
+    for c, units in ((0, (0, 4)), (1, (1, 4)), (2, ())):
+        for k in range(4):
+            r = torch.zeros(30)
+            r[list(units)] = 5.0
+            if c == 1 and k == 0:
+                r[7] = 9.0
+            rows.append(r)
+            labels.append(c)
+    member = ensembles(torch.stack(rows), torch.tensor(labels), 3)
+    assert [torch.nonzero(m).flatten().tolist() for m in member] == [[0, 4], [1, 4], []]
+    inter, jac = overlaps(member)
+    assert inter.tolist() == [[2, 1, 0], [1, 2, 0], [0, 0, 0]]
+    assert jac[0, 1] == pytest.approx(1 / 3) and jac[0, 0] == 1.0 and jac[2, 2] == 0.0
+
+
+def test_summarize_by_hand():
+    counts = torch.tensor([[4.0, 0.0, 0.0], [0.0, 2.0, 2.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    mean_v = torch.tensor([[0.9, -0.5, -0.2], [0.0, 0.4, 0.4], [-1.0, -1.0, -1.0], [0.3, 0.3, 0.3]])
+    data = {"counts": [counts], "mean_v": [mean_v], "labels": torch.tensor([0, 1, 1, 0]),
+            "predictions": torch.tensor([0, 1, 1, 1]), "synops_per_sample": 7.0, "steps": 4}
+    s = summarize(data, 2)
+    lay = s["layers"][0]
+    assert s["correct"] == 3 and s["accuracy"] == 0.75
+    assert lay["firing_rate"] == pytest.approx(9 / (12 * 4))
+    assert lay["silent_fraction"] == 0.0
+    assert lay["negative_voltage_fraction"] == pytest.approx(5 / 12)
+    # correct samples 0, 1, 2; sample 2 is silent (excluded); counts: one-hot -> 1, two equal units -> h([0,2,2])
+    h2 = (math.sqrt(3) - math.sqrt(2)) / (math.sqrt(3) - 1)
+    assert lay["hoyer_counts"] == pytest.approx((1 + h2) / 2)
+    assert lay["hoyer_counts_per_class"] == pytest.approx([1.0, h2])
+    assert lay["empty_samples"] == {"counts": 1, "voltage": 1}
+    # voltages rectified: [0.9, 0, 0] -> 1, [0, .4, .4] -> h2
+    assert lay["hoyer_voltage"] == pytest.approx((1 + h2) / 2)
+
+
+def test_synops_by_hand():
+    net = Network([3, 2, 4], LIFParams())
+    xin = torch.zeros(5, 1, 3)
+    xin[0, 0, :2] = 1.0  # 2 non-zero inputs x fan-out 2
+    xin[3, 0, 2] = 0.5  # 1 more
+    assert synops(net, xin, [torch.tensor([[3.0, 1.0]])]) == 3 * 2 + 4 * 4
+
+
+def test_analyze_command_on_a_tiny_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--hidden", "24,12", "--epochs", "1", "--steps", "4", "--no-progress"]) == 0
+    assert main(["analyze", str(run), "--limit", "200"]) == 0
+    assert "SynOps per sample" in capsys.readouterr().out
+    result = json.loads((run / ANALYSIS).read_text())
+    assert result["samples"] == 200 and 0 < result["correct"] <= 200
+    config, ds, net, rule, encoder = load_run(run)
+    act = activity(net, encoder, ds, n=200)
+    for lay, rate, silent in zip(result["layers"], act["firing_rate"], act["silent_fraction"]):
+        assert lay["firing_rate"] == pytest.approx(rate, rel=1e-5)
+        assert lay["silent_fraction"] == pytest.approx(silent)
+        for key in ("ensemble_jaccard_mean", "negative_voltage_fraction"):
+            assert 0.0 <= lay[key] <= 1.0, key
+        for key in ("counts", "voltage"):  # null exactly when every correct sample is silent in the layer
+            h = lay[f"hoyer_{key}"]
+            assert (h is None) == (lay["empty_samples"][key] == result["correct"])
+            assert h is None or 0.0 <= h <= 1.0
+        assert len(lay["ensemble_sizes"]) == 10 and all(0 <= s <= lay["neurons"] for s in lay["ensemble_sizes"])
+        assert [lay["ensemble_intersections"][c][c] for c in range(10)] == lay["ensemble_sizes"]
+    assert result["synops_per_sample"] == pytest.approx(act["synops_per_sample"], rel=1e-6)
+    for name in FIGURES:
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["analyze", str(run), "--limit", "0"]) == 2
