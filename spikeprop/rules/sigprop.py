@@ -85,7 +85,8 @@ class SigProp(Rule):
         g = torch.Generator().manual_seed(config.seed + 1)
         bound = 1.0 / math.sqrt(n_classes)
         # S_1: the label projection into layer 1 (rules.md §2.2: learned by the layer's loss).
-        self.S1 = torch.nn.Parameter((torch.rand(net.sizes[1], n_classes, generator=g) * 2 - 1) * bound)
+        s1 = (torch.rand(net.sizes[1], n_classes, generator=g) * 2 - 1) * bound
+        self.S1 = torch.nn.Parameter(s1.to(net.weights[0].device))
         self.hidden_params = [*net.weights, *net.biases, self.S1]
         self.optimizer = torch.optim.Adam(self.hidden_params, lr=config.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
