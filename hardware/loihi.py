@@ -183,9 +183,10 @@ def _effective(net: Network, w: torch.Tensor) -> torch.Tensor:
 def _choose_exp(step: float, input_scale: float, peak: float, vth: float | None) -> int:
     """The largest weight exponent e in range with 64·S·peak <= 2**(23 - HEADROOM) and vth·S <= VTH_MAX.
 
-    S = 2**(e + 1) / (step · input_scale) is the layer's integer scale (Lava a-units per float unit).
+    S = 2**(e + 1) · input_scale / step is the layer's integer scale (Lava a-units per float unit):
+    a payload x·input_scale through weights 2·W/step, shifted by e.
     """
-    unit = 2.0 / (step * input_scale)  # S at e = 0
+    unit = 2.0 * input_scale / step  # S at e = 0
     budget = UV_LIMIT / 2**HEADROOM_BITS / 2**ACT_SHIFT
     e = WEIGHT_EXP_MAX
     if peak > 0:
@@ -215,7 +216,7 @@ def _fixed_layer(w: torch.Tensor, bias: np.ndarray, input_scale: float, peak: fl
     m, step = weight_mantissa(w.detach().cpu().double())
     step = float(step)
     e = _choose_exp(step, input_scale, peak, vth)
-    scale = 2.0 ** (e + 1) / (step * input_scale)
+    scale = 2.0 ** (e + 1) * input_scale / step
     bias_mant, bias_exp = _bias(bias, 2**ACT_SHIFT * scale)
     vth_int = VTH_MAX if vth is None else int(round(vth * scale))
     du_int = int(round(du * DECAY_UNIT)) - DU_OFFSET
@@ -234,7 +235,7 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
 
     Per layer: m = round(W/Δ) with Δ = max|W|/127, weights 2m; the exponent e is the largest
     in [-8, 7] that keeps the calibrated peak of u and v within 2**22 and vth within 17 bits;
-    S = 2**(e+1)/(Δ·input_scale); vth = round(vth·S); bias = round(64·S·b) as mant·2**exp;
+    S = 2**(e+1)·input_scale/Δ; vth = round(vth·S); bias = round(64·S·b) as mant·2**exp;
     du = round(4096·du) - 1, dv = round(4096·dv). The result is returned even when it does not
     fit Loihi 2: ``check_fit`` says what does not.
     """
@@ -504,3 +505,54 @@ def float_layers(net: Network) -> tuple[list[Layer], Layer]:
 
 
 FLOAT_UNREACHABLE = 1e300  # the float read-out's threshold: never crossed
+
+
+# --------------------------------------------------------------------------------------------
+# Run directories (what the CLI calls)
+
+CALIBRATION_SAMPLES = 512  # training samples whose peaks set each layer's exponent
+EVAL_BATCH = 500  # emulator batch: int64 state of 500 x 1000 neurons is 4 MB per tensor
+
+
+def quantize_run(run_dir: str | Path):
+    """Load a trained run and quantize it: (config, ds, net, encoder, fnet, calibration).
+
+    Calibration: the first CALIBRATION_SAMPLES training samples, encoded as in training (rate
+    spikes from their own generator seeded by the run's seed). Direct encoding sends the
+    dataset's stored integers (input_scale = ds.scale), so the input is exact.
+    """
+    from spikeprop.train import load_run
+
+    config, ds, net, _, encoder = load_run(run_dir, device="cpu")
+    cal_encoder = type(encoder)(encoder.kind, encoder.steps, torch.Generator().manual_seed(config.seed))
+    x_cal = cal_encoder(ds.intensities(ds.train_x[:CALIBRATION_SAMPLES]))
+    graded = not encoder.binary
+    source = {"run_dir": str(run_dir), "dataset": config.dataset, "rule": config.rule, "neurons": config.neurons,
+              "quantize": config.quantize, "seed": config.seed}
+    fnet = quantize(net, x_cal, encoding=config.encoding, graded_input=graded,
+                    input_scale=float(ds.scale) if graded else 1.0, source=source)
+    return config, ds, net, encoder, fnet, calibrate(net, x_cal)
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> FixedNetwork:
+    """``spikeprop export RUN_DIR --to lava --out FILE``: quantize, check that it fits, save."""
+    _, _, _, _, fnet, cal = quantize_run(run_dir)
+    problems = check_fit(fnet, cal)
+    if problems:
+        raise SpikepropError("the network does not fit Loihi 2: " + "; ".join(problems))
+    save(fnet, out)
+    return fnet
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | Path, limit: int | None = None) -> tuple[float, int, FixedNetwork]:
+    """Test accuracy of the fixed-point network through the emulator: (accuracy, samples, fnet)."""
+    config, ds, net, encoder, fnet, _ = quantize_run(run_dir)
+    x, y = ds.test_x, ds.test_y
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    correct = 0
+    for i in range(0, len(x), EVAL_BATCH):
+        xin = encoder(ds.intensities(x[i : i + EVAL_BATCH]))
+        correct += int((emulate(fnet, fnet.payload(xin)).v_out.argmax(1) == y[i : i + EVAL_BATCH]).sum())
+    return correct / max(1, len(x)), len(x), fnet

@@ -1,4 +1,4 @@
-"""Command line: ``spikeprop train | evaluate | export | import | analyze``.
+"""Command line: ``spikeprop train | evaluate | export | import | analyze | verify``.
 
 ``main(argv=None) -> int`` so that tests call it in-process. Errors caused by the user's input
 (``SpikepropError``) print one line and exit with status 2; nothing below this module sees
@@ -16,6 +16,7 @@ from spikeprop import SpikepropError
 from spikeprop.data import DATASETS
 from spikeprop.encoders import ENCODINGS
 from spikeprop.neurons import NEURON_KINDS
+from spikeprop.quantize import QUANTIZERS
 from spikeprop.rules import RULES
 
 EXIT_USAGE = 2
@@ -57,6 +58,8 @@ def _add_train(sub) -> None:
     p.add_argument("--du", type=float, help="fraction of the synaptic current lost per step (1: none kept)")
     p.add_argument("--dv", type=float, help="fraction of the voltage lost per step (ignored by --neurons if)")
     p.add_argument("--vth", type=float, help="firing threshold")
+    p.add_argument("--quantize", choices=QUANTIZERS, help="loihi: train with Loihi-2 8-bit weights (fake-quant, "
+                   "straight-through) and 12-bit decays, so the fixed-point network keeps the accuracy (default: none)")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<rule>-<neurons>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (only --epochs and --device may change)")
@@ -76,17 +79,33 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--device", help="torch device (default: the run's)")
     p.add_argument("--limit", type=int, help="only the first N test samples")
+    p.add_argument("--backend", choices=EVAL_BACKENDS, default="float",
+                   help="float: the trained network; loihi: its Loihi-2 fixed-point version in the bit-exact emulator")
     p.set_defaults(func=cmd_evaluate)
 
 
-EXPORT_TARGETS = ("nir",)
+EVAL_BACKENDS = ("float", "loihi")
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="run test samples through the float network, the fixed-point emulator and "
+                       "Lava's CPU simulator (fixed_pt, floating_pt); compare spike for spike; writes verify.json",
+                       description="Exits with status 1 when the emulator and Lava fixed_pt disagree.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--limit", type=int, default=100, help="test samples to run")
+    p.add_argument("--timeout", type=float, help="seconds before a Lava run counts as hung (default: from its size)")
+    p.set_defaults(func=cmd_verify)
+
+
+EXPORT_TARGETS = ("nir", "lava")
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a run's network for another tool (--to nir: a NIR graph)")
+    p = sub.add_parser("export", help="write a run's network for another tool (--to nir: a NIR graph; "
+                       "--to lava: Loihi-2 integers for hardware.lava, .npz)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--to", required=True, choices=EXPORT_TARGETS, help="target format")
-    p.add_argument("--out", required=True, help="output file (.nir for --to nir)")
+    p.add_argument("--out", required=True, help="output file (.nir for --to nir, .npz for --to lava)")
     p.add_argument("--dt", type=float, default=1e-4, help="--to nir: seconds per time step written into the graph")
     p.set_defaults(func=cmd_export)
 
@@ -126,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_import(sub)
     _add_analyze(sub)
+    _add_verify(sub)
     return parser
 
 
@@ -211,9 +231,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from spikeprop.evaluate import accuracy
     from spikeprop.train import load_run
 
-    config, ds, net, rule, encoder = load_run(args.run_dir, device=args.device)
     if args.limit is not None and args.limit < 1:
         raise SpikepropError("--limit must be >= 1")
+    if args.backend == "loihi":
+        from hardware.loihi import evaluate_run
+
+        acc, n, fnet = evaluate_run(args.run_dir, limit=args.limit)
+        source = fnet.source or {}
+        print(f"test accuracy {acc:.4f} on {n} {source.get('dataset', '')} test samples "
+              f"(backend: loihi, Loihi-2 fixed point in the bit-exact emulator)")
+        return 0
+    config, ds, net, rule, encoder = load_run(args.run_dir, device=args.device)
     acc = accuracy(rule.predict, ds, "test", device=config.device, limit=args.limit)
     n = len(ds.test_x) if args.limit is None else min(args.limit, len(ds.test_x))
     print(f"test accuracy {acc:.4f} on {n} {config.dataset} test samples (backend: float, {config.device})")
@@ -228,7 +256,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         kinds = [type(n).__name__ for n in graph.nodes.values()]
         print(f"wrote {args.out}: NIR graph {' -> '.join(kinds)} (dt={args.dt:g} s, forward Euler, reset to 0, no delay)")
         return 0
+    if args.to == "lava":
+        from hardware.loihi import export_run, resources
+
+        fnet = export_run(args.run_dir, args.out)
+        res = resources(fnet)
+        print(f"wrote {args.out}: Loihi-2 fixed point, {len(fnet.layers)} LIF layer(s) + read-out, "
+              f"weight_exp {[la.weight_exp for la in fnet.layers]}, vth {[la.vth for la in fnet.layers]}; "
+              f"{res['cores']} cores, {res['neurons']} neurons, {res['synapses']} synapses")
+        return 0
     raise SpikepropError(f"--to {args.to} is not supported")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise SpikepropError("--limit must be >= 1")
+    from hardware._verify import VERIFY, format_report, verify_run
+
+    report = verify_run(args.run_dir, limit=args.limit, timeout=args.timeout)
+    print(format_report(report))
+    print(f"wrote {Path(args.run_dir) / VERIFY}")
+    return 0 if report["bit_exact"] else 1
 
 
 def cmd_import(args: argparse.Namespace) -> int:

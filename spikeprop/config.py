@@ -27,6 +27,7 @@ from spikeprop import SpikepropError
 from spikeprop.data import DATASETS
 from spikeprop.encoders import ENCODINGS
 from spikeprop.neurons import NEURON_KINDS, LIFParams
+from spikeprop.quantize import QUANTIZERS, representable_params
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainConfig:
     du: float = 1.0
     dv: float = 0.15
     vth: float = 1.0
+    quantize: str = "none"
     rule_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class TrainConfig:
             raise SpikepropError(f"unknown dataset '{self.dataset}' (choose from: {', '.join(DATASETS)})")
         if self.encoding not in ENCODINGS:
             raise SpikepropError(f"unknown encoding '{self.encoding}' (choose from: {', '.join(ENCODINGS)})")
+        if self.quantize not in QUANTIZERS:
+            raise SpikepropError(f"unknown --quantize '{self.quantize}' (choose from: {', '.join(QUANTIZERS)})")
         for name in ("steps", "epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise SpikepropError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
@@ -81,7 +85,9 @@ class TrainConfig:
                 raise SpikepropError(f"--{self.rule}-{key.replace('_', '-')} must be one of {opt.choices}; got {value!r}")
 
     def lif_params(self) -> LIFParams:
-        return LIFParams.for_kind(self.neurons, du=self.du, dv=self.dv, vth=self.vth)
+        params = LIFParams.for_kind(self.neurons, du=self.du, dv=self.dv, vth=self.vth)
+        # --quantize loihi trains with the decays Loihi 2 can represent (spikeprop.quantize).
+        return representable_params(params) if self.quantize == "loihi" else params
 
     def resolved_rule_options(self) -> dict:
         from spikeprop.rules import RULES

@@ -25,6 +25,7 @@ from spikeprop.data import Dataset, load
 from spikeprop.encoders import Encoder
 from spikeprop.evaluate import accuracy, activity
 from spikeprop.network import Network
+from spikeprop.quantize import fake_quant_weight
 from spikeprop.rules import RULES, Rule
 
 EPOCH_SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) pairs map to distinct generator seeds
@@ -49,6 +50,8 @@ def build(config: TrainConfig, ds: Dataset) -> tuple[Network, Rule, Encoder]:
     g = torch.Generator().manual_seed(config.seed)
     net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(), generator=g)
     net.to(config.device)
+    if config.quantize == "loihi":
+        net.weight_transform = fake_quant_weight  # train what Loihi 2 will run (spikeprop.quantize)
     enc_gen = torch.Generator(device=config.device).manual_seed(epoch_seed(config.seed, 0, 1))
     encoder = Encoder(config.encoding, config.steps, enc_gen)
     rule = RULES[config.rule](net, config, encoder)
