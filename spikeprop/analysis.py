@@ -16,10 +16,14 @@ the correctly classified samples (overall and per class); a sample with no activ
 layer has no defined sparsity and is left out of the mean (counted in ``empty_samples``); a
 mean over no samples is NaN (``null`` in analysis.json).
 
-Class ensembles (the paper's method 2), on spike counts of correctly classified samples: unit j
-belongs to class c's ensemble when its median count over the samples of class c exceeds the 90 %
-quantile of all counts of class c (all its samples and units). Overlaps are pairwise
-intersections and Jaccard indices ``|E_a & E_b| / |E_a | E_b|`` (0 when both are empty).
+Class ensembles (the paper's method 2), on the correctly classified samples, for both activities:
+unit j belongs to class c's ensemble when its median activity over the samples of class c
+exceeds the 90 % quantile of all activities of class c (all its samples and units). Overlaps are
+pairwise intersections and Jaccard indices ``|E_a & E_b| / |E_a | E_b|`` (0 when both are
+empty). Spike counts take only T + 1 values and saturate: when more than 10 % of a class's counts
+sit at the largest count, no median can exceed the quantile and the count ensembles are empty.
+That is a property of the measure on spikes, reported as is; the voltage ensembles (continuous,
+like the paper's ReLU activities) are the ones the heatmap shows.
 
 Firing rate (spikes per neuron per step), silent fraction (neurons that never fire on the
 analysed samples) and SynOps per sample (``spikeprop.evaluate.synops``) use all analysed samples.
@@ -129,6 +133,14 @@ def collect(net: Network, drive: Callable[[torch.Tensor], torch.Tensor], predict
     }
 
 
+def _ensemble_summary(member: torch.Tensor) -> dict:
+    inter, jac = overlaps(member)
+    off = ~np.eye(len(member), dtype=bool)
+    return {"sizes": [int(s) for s in member.sum(1)], "size_mean": float(member.sum(1).float().mean()),
+            "intersections": inter.astype(int).tolist(), "jaccard": jac.round(4).tolist(),
+            "jaccard_mean": float(jac[off].mean())}
+
+
 def summarize(data: dict, n_classes: int) -> dict:
     """The metrics of the module docstring from ``collect``'s arrays (plain JSON values)."""
     labels, correct = data["labels"], data["predictions"] == data["labels"]
@@ -138,9 +150,8 @@ def summarize(data: dict, n_classes: int) -> dict:
         volt = mean_v.clamp_min(0.0)
         hc, hv = hoyer(counts[correct]), hoyer(volt[correct])
         lab = labels[correct]
-        member = ensembles(counts[correct], lab, n_classes)
-        inter, jac = overlaps(member)
-        off = ~np.eye(n_classes, dtype=bool)
+        ens = {key: _ensemble_summary(ensembles(act[correct], lab, n_classes))
+               for key, act in (("counts", counts), ("voltage", volt))}
         layers.append({
             "layer": layer + 1, "neurons": int(counts.shape[1]),
             "firing_rate": float(counts.mean()) / T,
@@ -150,11 +161,7 @@ def summarize(data: dict, n_classes: int) -> dict:
             "hoyer_counts_per_class": [_nanmean(hc[lab == c]) for c in range(n_classes)],
             "hoyer_voltage_per_class": [_nanmean(hv[lab == c]) for c in range(n_classes)],
             "empty_samples": {"counts": int(torch.isnan(hc).sum()), "voltage": int(torch.isnan(hv).sum())},
-            "ensemble_sizes": [int(s) for s in member.sum(1)],
-            "ensemble_size_mean": float(member.sum(1).float().mean()),
-            "ensemble_intersections": inter.astype(int).tolist(),
-            "ensemble_jaccard": jac.round(4).tolist(),
-            "ensemble_jaccard_mean": float(jac[off].mean()),
+            "ensembles": ens,
         })
     return {
         "samples": len(labels), "correct": int(correct.sum()), "accuracy": float(correct.float().mean()),
@@ -163,8 +170,9 @@ def summarize(data: dict, n_classes: int) -> dict:
             "hoyer": "(sqrt(n) - |x|_1/|x|_2) / (sqrt(n) - 1), mean over correctly classified samples; "
                      "all-zero samples excluded",
             "voltage": "max(mean_t v_pre, 0): mean pre-reset membrane voltage, negative values set to 0",
-            "ensembles": f"unit in class c's ensemble if its median spike count over class c > the "
-                         f"{ENSEMBLE_QUANTILE:.0%} quantile of all class-c counts (Tosato et al., method 2)",
+            "ensembles": f"unit in class c's ensemble if its median activity (spike count; rectified voltage) over "
+                         f"class c > the {ENSEMBLE_QUANTILE:.0%} quantile of all class-c activities (Tosato et al., "
+                         "method 2); jaccard_mean over class pairs",
             "firing_rate": "spikes per neuron per step over all analysed samples",
             "synops": "non-zero inputs x sizes[1] + hidden spikes x fan-out, per sample",
         },
@@ -237,8 +245,8 @@ def plot_ensembles(summary: dict, path: Path) -> None:
     layers = summary["layers"]
     fig, axes = plt.subplots(1, len(layers), figsize=(4.6 * len(layers), 4.2), squeeze=False)
     for ax, lay in zip(axes[0], layers):
-        jac = np.array(lay["ensemble_jaccard"])
-        inter = np.array(lay["ensemble_intersections"])
+        ens = lay["ensembles"]["voltage"]
+        jac, inter = np.array(ens["jaccard"]), np.array(ens["intersections"])
         im = ax.imshow(jac, vmin=0, vmax=1, cmap="viridis")
         C = len(jac)
         for i in range(C):
@@ -249,7 +257,8 @@ def plot_ensembles(summary: dict, path: Path) -> None:
         ax.set_yticks(range(C))
         ax.set_xlabel("class")
         ax.set_ylabel("class")
-        ax.set_title(f"layer {lay['layer']}: Jaccard overlap\n(numbers: shared units; diagonal: size)", fontsize=9)
+        ax.set_title(f"layer {lay['layer']}: voltage class ensembles, Jaccard overlap\n"
+                     "(numbers: shared units; diagonal: ensemble size)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

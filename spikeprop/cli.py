@@ -296,7 +296,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for layer in result["layers"]:
         print(f"layer {layer['layer']}: firing rate {layer['firing_rate']:.4f}, silent {layer['silent_fraction']:.3f}, "
               f"Hoyer (counts) {layer['hoyer_counts']:.3f}, Hoyer (voltage) {layer['hoyer_voltage']:.3f}, "
-              f"mean ensemble size {layer['ensemble_size_mean']:.1f}, mean overlap {layer['ensemble_jaccard_mean']:.3f}")
+              f"ensembles (voltage) mean size {layer['ensembles']['voltage']['size_mean']:.1f}, "
+              f"mean Jaccard overlap {layer['ensembles']['voltage']['jaccard_mean']:.3f}")
     print(f"SynOps per sample {result['synops_per_sample']:.0f}; wrote {', '.join(result['files'])} in {args.run_dir}")
     return 0
 

@@ -85,14 +85,15 @@ def test_analyze_command_on_a_tiny_run(tmp_path, capsys):
     for lay, rate, silent in zip(result["layers"], act["firing_rate"], act["silent_fraction"]):
         assert lay["firing_rate"] == pytest.approx(rate, rel=1e-5)
         assert lay["silent_fraction"] == pytest.approx(silent)
-        for key in ("ensemble_jaccard_mean", "negative_voltage_fraction"):
-            assert 0.0 <= lay[key] <= 1.0, key
+        assert 0.0 <= lay["negative_voltage_fraction"] <= 1.0
         for key in ("counts", "voltage"):  # null exactly when every correct sample is silent in the layer
             h = lay[f"hoyer_{key}"]
             assert (h is None) == (lay["empty_samples"][key] == result["correct"])
             assert h is None or 0.0 <= h <= 1.0
-        assert len(lay["ensemble_sizes"]) == 10 and all(0 <= s <= lay["neurons"] for s in lay["ensemble_sizes"])
-        assert [lay["ensemble_intersections"][c][c] for c in range(10)] == lay["ensemble_sizes"]
+        for ens in lay["ensembles"].values():
+            assert len(ens["sizes"]) == 10 and all(0 <= s <= lay["neurons"] for s in ens["sizes"])
+            assert [ens["intersections"][c][c] for c in range(10)] == ens["sizes"]
+            assert 0.0 <= ens["jaccard_mean"] <= 1.0
     assert result["synops_per_sample"] == pytest.approx(act["synops_per_sample"], rel=1e-6)
     for name in FIGURES:
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
