@@ -45,7 +45,7 @@ Read-out: ``Affine(W_out, b_out) -> I(r = 1/dt) -> Output``: the integrator's vo
 steps is ``sum_t (W_out s[t] + b_out)``, T times spikeprop's class scores (same arg-max).
 
 Import accepts chains of exactly these node types (``Linear`` or ``Affine`` before any neuron
-node, read-out through ``I``, directly into ``Output`` (scores summed over time), or a spiking
+node, read-out through ``I``, directly into ``Output`` (outputs averaged over time), or a spiking
 last layer, whose spike counts are then the scores). Per-neuron gains (``w_in``, ``r``,
 thresholds) are folded into the rows of the weights and biases, which leaves the spikes of the
 equations unchanged. Anything else raises ``SpikepropError`` naming the node.
@@ -323,7 +323,7 @@ def from_nir(graph, *, dt: float | None = None) -> Network:
             raise SpikepropError(f"node '{name}': weight shape {w.shape} does not take {n_prev} inputs")
         b = np.asarray(node.bias, dtype=np.float64).reshape(-1) if kind == "Affine" else np.zeros(w.shape[0])
         nxt = nodes[i + 1] if i + 1 < len(nodes) else None
-        if nxt is None:  # scores straight out of the Affine node, summed over time
+        if nxt is None:  # scores straight out of the Affine node, averaged over time
             readout = (w, b)
             break
         if nxt[2] == "I":
