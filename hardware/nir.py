@@ -151,8 +151,10 @@ def to_nir(net: Network, *, dt: float = DEFAULT_DT, steps: int | None = None, me
     nir = _nir()
     nodes: dict = {"input": nir.Input(input_type={"input": np.array([net.sizes[0]])})}
     order = ["input"]
+    # The weights as simulate runs them (fake-quantized when trained with --quantize loihi).
+    transform = net.weight_transform if getattr(net, "weight_transform", None) is not None else (lambda w: w)
     for layer, (w, b, params) in enumerate(zip(net.weights, net.biases, net.params), start=1):
-        w = w.detach().cpu().numpy().astype(np.float32)
+        w = transform(w).detach().cpu().numpy().astype(np.float32)
         b = b.detach().cpu().numpy().astype(np.float32)
         n = w.shape[0]
         c = to_continuous(params, dt)
@@ -175,7 +177,7 @@ def to_nir(net: Network, *, dt: float = DEFAULT_DT, steps: int | None = None, me
                                  v_reset=zeros, w_in=full(c["w_in"]))
         nodes[f"fc{layer}"], nodes[f"lif{layer}"] = syn, neuron
         order += [f"fc{layer}", f"lif{layer}"]
-    w_out = net.readout.weight.detach().cpu().numpy().astype(np.float32)
+    w_out = transform(net.readout.weight).detach().cpu().numpy().astype(np.float32)
     b_out = net.readout.bias.detach().cpu().numpy().astype(np.float32)
     nodes["readout"] = nir.Affine(weight=w_out, bias=b_out)
     nodes["integrator"] = nir.I(r=np.full(w_out.shape[0], 1.0 / dt, dtype=np.float64))
@@ -373,18 +375,11 @@ def import_nir(path: str | Path, *, dt: float | None = None) -> Network:
 
 def export_run(run_dir: str | Path, path: str | Path, *, dt: float = DEFAULT_DT):
     """Export the trained network of a run directory, with its T, dataset, encoding and rule as metadata."""
-    from spikeprop import runs
+    from spikeprop.train import load_run
 
-    run_dir = runs.check_run_dir(run_dir)
-    config = runs.read_json(run_dir / runs.CONFIG)
-    ckpt = runs.load_checkpoint(run_dir)
-    try:
-        net = Network.from_description(ckpt["architecture"])
-        net.load_state_dict(ckpt["network"])
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise SpikepropError(f"{run_dir / runs.CHECKPOINT} does not hold a spikeprop network ({e})") from None
-    extra = {k: str(config[k]) for k in ("dataset", "encoding", "rule", "neurons") if k in config}
-    return export_nir(net, path, dt=dt, steps=config.get("steps"), metadata=extra)
+    config, _, net, _, _ = load_run(run_dir, device="cpu")
+    extra = {"dataset": config.dataset, "encoding": config.encoding, "rule": config.rule, "neurons": config.neurons}
+    return export_nir(net, path, dt=dt, steps=config.steps, metadata=extra)
 
 
 INPUT_SIZES = {64: "digits", 784: "fashion-mnist"}  # the default dataset for an input size

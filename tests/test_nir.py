@@ -205,3 +205,18 @@ def test_to_nir_graph_is_type_checked(gen):
     graph = to_nir(random_net(KINDS["LIF"], gen))
     graph.infer_types()
     graph.check_types()
+
+
+def test_quantized_run_exports_the_weights_it_runs(tmp_path, capsys):
+    run = tmp_path / "q"
+    assert main(["train", "--out", str(run), "--hidden", "16", "--epochs", "1", "--steps", "4", "--quantize", "loihi",
+                 "--no-progress"]) == 0
+    assert main(["export", str(run), "--to", "nir", "--out", str(tmp_path / "q.nir")]) == 0
+    assert main(["import", str(tmp_path / "q.nir"), "--out", str(tmp_path / "imported")]) == 0
+    w = load_nir(tmp_path / "q.nir").nodes["fc1"].weight
+    assert len(np.unique(np.abs(w))) <= 128  # 8-bit mantissas times one step
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    first = capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "imported")]) == 0
+    assert capsys.readouterr().out == first
