@@ -11,8 +11,9 @@ RECIPES: dict[str, dict] = {
     # 8x8 digits: a few minutes at most on 2 cores for any rule.
     "digits": {
         "hidden": (256,), "steps": 8, "epochs": 30, "batch_size": 32, "dv": 0.15,
-        "lr": {"default": 1e-3},
-        "rule_options": {"sigprop": {"readout_lr": 1e-2}},
+        "lr": {"default": 1e-3, "ff": 3e-3, "pepita": 3e-3, "shallow": 1e-2},  # shallow: lr is its read-out's
+        "rule_options": {"sigprop": {"readout_lr": 1e-2}, "ff": {"readout_lr": 1e-2}, "pepita": {"readout_lr": 1e-2},
+                         "f3": {"readout_lr": 1e-2}, "dfa": {"readout_lr": 1e-2}},
     },
     # 28x28 Fashion-MNIST / MNIST: one 1000-unit LIF layer, T = 10 (research/rules.md §9),
     # within 30 minutes on 2 cores.

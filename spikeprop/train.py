@@ -105,7 +105,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
             idx = order[i : i + config.batch_size]
             x = ds.intensities(ds.train_x[idx]).to(config.device)
             y = ds.train_y[idx].to(config.device)
-            metrics = rule.train_step(x, y)
+            # Rules with per-sample state (F3's delayed-error buffer) also get the dataset rows.
+            metrics = rule.train_step(x, y, index=idx) if getattr(rule, "needs_index", False) else rule.train_step(x, y)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1

@@ -75,7 +75,7 @@ class Rule:
 
 
 def _load_builtin_rules() -> None:
-    from spikeprop.rules import bptt, sigprop  # noqa: F401
+    from spikeprop.rules import bptt, dfa, f3, ff, pepita, shallow, sigprop  # noqa: F401
 
 
 _load_builtin_rules()

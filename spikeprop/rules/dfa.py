@@ -1,0 +1,127 @@
+"""Direct Feedback Alignment (Nøkland, NeurIPS 2016) on the membrane potential only.
+
+One forward pass. The read-out's output error ``e = softmax(logits) - onehot(y)`` [B, C] is sent
+to every hidden layer through a fixed random matrix ``B_l`` [C, n_l] and taken as the gradient of
+the layer's representation of its time-mean membrane voltage (research/rules.md §6.2, §5.3)::
+
+    z_l = mean_t v_l[t]                                    (pre-reset voltage, [B, n_l])
+    dL/dz_l := (e B_l) * f'(z_l) / B                       (f as below; f' = 1 for rep 'linear')
+    dL/dW_l = (dL/dz_l)^T mean_t eps_l[t]                  (eligibility traces, spikeprop.eligibility)
+
+``f(z) = atan(pi (z - vth)) / pi + 1/2`` ('threshold', the default) plays the part of the
+non-linearity's derivative ``f'(a_l)`` in DFA's ``delta a_l = (B_l e) * f'(a_l)``: it is a function
+of the membrane, never of the spike, and concentrates learning on neurons near the threshold
+(without it the voltages of deeper layers drift negative and they fall silent). No gradient
+crosses a layer boundary and none goes through the spike; memory is flat in T. The read-out
+(linear on the last layer's mean spike count) gets the true cross-entropy gradient.
+
+``FeedbackRule`` is the shared machinery of DFA and F³ (``spikeprop.rules.f3``): they differ
+only in the error vector they broadcast (``hidden_error``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from spikeprop.eligibility import MembraneTraces
+from spikeprop.network import simulate
+from spikeprop.rules import Option, Rule, register
+
+FEEDBACK_INITS = ("uniform", "trinomial")
+
+
+def threshold_slope(z: torch.Tensor, vth: float) -> torch.Tensor:
+    """``f'(z)`` of ``f(z) = atan(pi (z - vth)) / pi + 1/2``: ``1 / (1 + (pi (z - vth))^2)``."""
+    return 1.0 / (1.0 + (math.pi * (z - vth)) ** 2)
+
+
+def feedback_matrix(n_classes: int, n: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    """A fixed random feedback matrix [n_classes, n]: Kaiming-uniform (``uniform``) or {-1, 0, 1}."""
+    if init == "uniform":
+        bound = math.sqrt(6.0 / n_classes)
+        return (torch.rand(n_classes, n, generator=generator) * 2.0 - 1.0) * bound
+    if init == "trinomial":
+        return torch.randint(-1, 2, (n_classes, n), generator=generator).to(torch.float32)
+    raise ValueError(f"init must be one of {FEEDBACK_INITS}, not '{init}'")
+
+
+def readout_gradients(net, rates: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the read-out on detached rates [B, n_L]; sets the read-out's .grad.
+
+    Returns (loss, logits). The read-out is the only layer a rule trains with its true gradient.
+    """
+    logits = net.readout(rates.detach())
+    loss = F.cross_entropy(logits, y)
+    net.readout.weight.grad, net.readout.bias.grad = torch.autograd.grad(loss, (net.readout.weight, net.readout.bias))
+    return loss.detach(), logits.detach()
+
+
+class FeedbackRule(Rule):
+    """One forward pass, an error broadcast to each layer's mean voltage, Adam on every layer."""
+
+    OPTIONS = {
+        "rep": Option(str, "threshold", "f(z) whose slope scales the feedback at z = mean_t v: threshold: "
+                      "atan(pi (z - vth)) / pi + 1/2, linear: z (slope 1)", ("threshold", "linear")),
+        "init": Option(str, "uniform", "fixed random feedback matrices B_l: Kaiming-uniform or trinomial {-1, 0, 1}",
+                       FEEDBACK_INITS),
+        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)"),
+    }
+
+    def __init__(self, net, config, encoder):
+        super().__init__(net, config, encoder)
+        n_classes = net.sizes[-1]
+        g = torch.Generator().manual_seed(config.seed + 1)
+        like = net.readout.weight  # fixed matrices share the network's device and dtype
+        self.B = [feedback_matrix(n_classes, n, self.options["init"], g).to(like) for n in net.sizes[1:-1]]
+        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=config.lr)
+        self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
+
+    def hidden_error(self, e: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The error vector [B, C] broadcast to the hidden layers (DFA: the current error ``e``)."""
+        return e
+
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, float]:
+        """Set ``.grad`` of every trained tensor for one batch; return the metrics."""
+        net = self.net
+        xin = self.encoder(x)
+        T, B = xin.shape[0], xin.shape[1]
+        with torch.no_grad():
+            traces = MembraneTraces(net.params)
+            res = simulate(net, xin, reset_grad="constant", observer=traces)
+        with torch.enable_grad():
+            loss, logits = readout_gradients(net, res.counts[-1] / T, y)
+        with torch.no_grad():
+            e = torch.softmax(logits, 1) - F.one_hot(y, net.sizes[-1]).to(logits.dtype)
+            signal = self.hidden_error(e, y, index)
+            for layer in range(net.n_layers):
+                dz = signal @ self.B[layer] / B
+                if self.options["rep"] == "threshold":
+                    dz = dz * threshold_slope(traces.mean_v(layer), net.params[layer].vth)
+                net.weights[layer].grad = traces.weight_grad(layer, dz)
+                net.biases[layer].grad = traces.bias_grad(layer, dz)
+        return {"loss": float(loss), "train_accuracy": float((logits.argmax(1) == y).float().mean())}
+
+    def train_step(self, x, y, index=None):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.readout_optimizer.zero_grad(set_to_none=True)
+        metrics = self.gradients(x, y, index)
+        self.optimizer.step()
+        self.readout_optimizer.step()
+        return metrics
+
+    def state_dict(self):
+        return {"B": [b.clone() for b in self.B], "optimizer": self.optimizer.state_dict(),
+                "readout_optimizer": self.readout_optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.B = [b.to(self.net.readout.weight) for b in state["B"]]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.readout_optimizer.load_state_dict(state["readout_optimizer"])
+
+
+@register("dfa")
+class DFA(FeedbackRule):
+    summary = "Direct Feedback Alignment: output error to each layer's mean voltage through fixed random B_l"
