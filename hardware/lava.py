@@ -156,7 +156,10 @@ def math_ceil(a: float) -> int:
 
 
 def _layer_header(la: Layer) -> dict:
-    num = (lambda y: int(y)) if isinstance(la.du, (int, np.integer)) else float
+    """Scalars keep their kind: fixed_pt needs Python ints (a float vth breaks its worker, lava.md §1.1)."""
+    def num(y):
+        return int(y) if isinstance(y, (int, np.integer)) else float(y)
+
     return {"weight_exp": int(la.weight_exp), "du": num(la.du), "dv": num(la.dv), "vth": num(la.vth)}
 
 

@@ -1,0 +1,183 @@
+"""Against Lava's CPU simulator (the oracle): the emulator bit for bit, the float network spike for spike.
+
+Every Lava run happens in a child process (hardware.lava.run); each test costs a few seconds.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hardware import lava, loihi
+from hardware.loihi import FixedNetwork, Layer, emulate, float_layers
+from spikeprop import SpikepropError
+from spikeprop.cli import main
+from spikeprop.network import Network, simulate
+from spikeprop.neurons import LIFParams
+
+pytestmark = pytest.mark.lava
+RAIL = loihi.UV_LIMIT - 1
+
+
+def rand_layer(rng, n_in, n_out, e, vth_max=400, bias=300):
+    return Layer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, int(rng.integers(0, 4096)),
+                 int(rng.integers(0, 4096)), int(rng.integers(1, vth_max)),
+                 rng.integers(-bias, bias, size=n_out).astype(np.int32), rng.integers(0, 3, size=n_out).astype(np.int32))
+
+
+def readout_layer(rng, n_in, n_out, e=0):
+    return Layer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, 4095, 0, loihi.VTH_MAX,
+                 rng.integers(-50, 50, size=n_out).astype(np.int32), np.zeros(n_out, np.int32))
+
+
+def edge_layer():
+    """Layer 1 of the edge-case network (e = 7, 6 inputs). Neurons:
+    0: w = -256 on input 0 -> v falls to the negative rail (saturation) and stays negative;
+    1: w = 254 on inputs 1..5 -> a = 1270·2**7, a << 6 > 2**23: u wraps to negative;
+    2: w = 2 on input 0, vth = 256 -> v = 64·256 exactly after one step: a tie, no spike;
+    3: negative bias with decays (negative voltages that decay toward zero, truncated)."""
+    w = np.zeros((4, 6), np.int32)
+    w[0, 0], w[1, 1:] = -256, 254
+    w[2, 0] = 2
+    w[3, 0] = 6
+    return Layer(w, 7, 4095, 0, 256, np.array([0, 0, 0, -4000], np.int32), np.array([0, 0, 0, 5], np.int32))
+
+
+def compare(fnet, payload, graded=False, input_bits=0):
+    """Run fnet in Lava fixed_pt and the emulator; assert u, v, spikes and read-out equal; return Lava's result."""
+    res = lava.run(list(fnet.layers), fnet.readout, payload.permute(1, 0, 2).numpy(), tag="fixed_pt", graded=graded,
+                   input_bits=input_bits, record_uv=True, timeout=180)
+    emu = emulate(fnet, payload, record=True)
+    for i in range(len(fnet.layers)):
+        assert np.array_equal(emu.spikes[i].permute(1, 0, 2).numpy(), res.spikes[i]), f"spikes of layer {i + 1}"
+    for i in range(len(fnet.layers) + 1):
+        assert np.array_equal(emu.u[i].permute(1, 0, 2).numpy(), res.u[i]), f"u of layer {i + 1}"
+        assert np.array_equal(emu.v[i].permute(1, 0, 2).numpy(), res.v[i]), f"v of layer {i + 1}"
+    assert np.array_equal(emu.v_out.numpy(), res.v_out)
+    return res
+
+
+def test_emulator_equals_lava_fixed_pt_on_random_networks():
+    rng = np.random.default_rng(7)
+    layers = (rand_layer(rng, 12, 9, 2), rand_layer(rng, 9, 7, -1, vth_max=60), rand_layer(rng, 7, 5, 0, vth_max=30))
+    fnet = FixedNetwork(layers, readout_layer(rng, 5, 3, 1), 7, "rate", False, 1.0, 0)
+    x = torch.as_tensor(rng.random((7, 6, 12)) < 0.4).to(torch.int64)  # T=7, 6 samples back to back
+    res = compare(fnet, x)
+    for s in res.spikes:
+        assert 0 < s.mean() < 1  # every layer is active, not saturated
+    assert min(v.min() for v in res.v[:3]) < 0  # negative voltages occurred
+
+
+def test_emulator_equals_lava_fixed_pt_with_graded_input():
+    rng = np.random.default_rng(8)
+    layers = (rand_layer(rng, 10, 8, -4, vth_max=3000), rand_layer(rng, 8, 6, 1, vth_max=80))
+    fnet = FixedNetwork(layers, readout_layer(rng, 6, 4, -2), 5, "direct", True, 255.0, 8)
+    x = torch.as_tensor(rng.integers(0, 256, size=(5, 4, 10)))
+    res = compare(fnet, x, graded=True, input_bits=8)
+    assert res.spikes[0].any() and res.spikes[1].any()
+
+
+def test_emulator_equals_lava_fixed_pt_at_the_edges():
+    rng = np.random.default_rng(9)
+    layers = (edge_layer(), rand_layer(rng, 4, 3, 3))
+    fnet = FixedNetwork(layers, readout_layer(rng, 3, 2), 6, "rate", False, 1.0, 0)
+    x = torch.zeros(6, 2, 6, dtype=torch.int64)
+    x[:, :, :] = 1
+    x[:, 1, 0] = 0  # sample 1: no input on input 0
+    x[3:, 1, :] = 0
+    res = compare(fnet, x)
+    v, u, s = res.v[0], res.u[0], res.spikes[0]
+    assert (v[0, 3:, 0] == -RAIL).all()  # saturation at the negative rail (Lava's own values)
+    assert (u[0, :, 1] < 0).all()  # positive input, negative current: the 24-bit wrap
+    assert not s[0, 0, 2] and s[0, 1, 2]  # v == 64·vth exactly at step 1: strict '>', spike at step 2
+    assert (v[1, :, 3] < 0).all()  # bias-only neuron with a negative bias
+
+
+def test_float_network_equals_lava_floating_pt():
+    net = Network((8, 10, 6, 3), [LIFParams(du=0.3, dv=0.2, vth=0.5), LIFParams(du=1.0, dv=0.1, vth=0.4)],
+                  generator=torch.Generator().manual_seed(0), gain=3.0).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for b in [*net.biases, net.readout.bias]:
+            b.copy_((torch.rand(b.shape, generator=g, dtype=torch.float64) - 0.5) * 0.2)
+    T, N = 9, 6
+    x = torch.rand(T, N, 8, generator=g, dtype=torch.float64)
+    ref = simulate(net, x, record=True)
+    layers, readout = float_layers(net)
+    res = lava.run(layers, readout, x.permute(1, 0, 2).numpy(), tag="floating_pt", graded=True, timeout=180)
+    for i, s in enumerate(ref.spikes):
+        assert np.array_equal(s.permute(1, 0, 2).numpy().astype(bool), res.spikes[i]), f"layer {i + 1}"
+        assert 0 < res.spikes[i].mean() < 1
+    assert np.allclose(res.v_out, T * ref.logits.detach().numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_trained_digits_network_verifies(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--rule", "sigprop", "--epochs", "2", "--hidden", "64", "--quantize", "loihi",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["verify", str(run), "--limit", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "bit-exact: emulator == Lava fixed_pt" in out and "Loihi 2 resources: 2 cores" in out
+    report = json.loads((run / "verify.json").read_text())
+    assert report["bit_exact"] and report["identical_spike_trains"]["emulator_vs_lava_fixed_pt"] == [1.0]
+    assert report["identical_spike_trains"]["float_vs_lava_floating_pt"][0] >= 0.99
+    b = report["backends"]
+    assert b["emulator"]["accuracy"] == b["lava_fixed_pt"]["accuracy"] > 0.5
+    assert abs(b["float"]["accuracy"] - b["lava_floating_pt"]["accuracy"]) <= 0.05
+    # the exported file runs the same integers
+    out_file = tmp_path / "net.npz"
+    assert main(["export", str(run), "--to", "lava", "--out", str(out_file)]) == 0
+    fnet = loihi.load(out_file)
+    assert fnet.header()["layers"] == report["layers"]
+
+
+def our_processes(marker: str) -> list[str]:
+    """PIDs of live (non-zombie) processes whose command line mentions ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(pid)
+    return found
+
+
+def assert_no_processes_left(marker: str) -> None:
+    deadline = time.monotonic() + 5
+    while our_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert our_processes(marker) == []
+
+
+def small_fixed():
+    rng = np.random.default_rng(3)
+    return [rand_layer(rng, 4, 3, 0)], readout_layer(rng, 3, 2)
+
+
+def test_a_lava_error_is_reported_and_kills_every_process(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    layers, _ = small_fixed()
+    wrong = readout_layer(np.random.default_rng(0), 5, 2)  # fan-in 5, but layer 1 has 3 neurons
+    with pytest.raises(SpikepropError, match="Lava failed"):
+        lava.run(layers, wrong, np.ones((2, 3, 4), np.int32), tag="fixed_pt", graded=False, timeout=120)
+    assert_no_processes_left(str(tmp_path))
+
+
+def test_a_silent_hang_times_out_and_kills_every_process(tmp_path, monkeypatch):
+    # A float threshold under fixed_pt makes Lava's worker fail and the run hang without an
+    # error (research/lava.md §1.1, §3.4): the timeout turns it into a SpikepropError.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    layers, readout = small_fixed()
+    bad = Layer(layers[0].weights, 0, 4095, 0, 10.5, layers[0].bias_mant, layers[0].bias_exp)
+    with pytest.raises(SpikepropError, match="did not finish within"):
+        lava.run([bad], readout, np.ones((2, 3, 4), np.int32), tag="fixed_pt", graded=False, timeout=10)
+    assert_no_processes_left(str(tmp_path))

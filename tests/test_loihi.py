@@ -1,0 +1,197 @@
+"""Loihi-2 fixed point without Lava: quantization, file format, capacity check, emulator closed forms.
+
+Bit-exactness against Lava itself is in test_lava.py (it needs Lava's CPU simulator).
+"""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hardware import loihi
+from hardware.loihi import FixedNetwork, Layer, check_fit, emulate, fixed_lif_step, quantize
+from spikeprop import SpikepropError
+from spikeprop.network import Network, simulate
+from spikeprop.neurons import LIFParams, LIFState
+from spikeprop.quantize import fake_quant_weight, representable_params, weight_mantissa
+
+
+def float_net(sizes=(6, 7, 5, 3), seed=0, gain=2.0, bias=0.05):
+    net = Network(sizes, LIFParams(du=1.0, dv=0.15, vth=1.0), generator=torch.Generator().manual_seed(seed), gain=gain)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        for b in net.biases:
+            b.copy_((torch.rand(b.shape, generator=g) * 2 - 1) * bias)
+        net.readout.bias.copy_(torch.rand(net.readout.bias.shape, generator=g) - 0.5)
+    return net
+
+
+def int_layer(w, *, e=0, du=4095, dv=0, vth=100, bias=None, bias_exp=None):
+    w = np.asarray(w, dtype=np.int32)
+    n = w.shape[0]
+    bm = np.zeros(n, np.int32) if bias is None else np.asarray(bias, np.int32)
+    be = np.zeros(n, np.int32) if bias_exp is None else np.asarray(bias_exp, np.int32)
+    return Layer(w, e, du, dv, vth, bm, be)
+
+
+def one_layer_net(layer, n_classes=2):
+    readout = int_layer(np.zeros((n_classes, layer.n_out)), vth=loihi.VTH_MAX)
+    return FixedNetwork((layer,), readout, 1, "rate", False, 1.0, 0)
+
+
+def test_if_neuron_reaches_threshold_at_the_closed_form_step():
+    # IF neuron (dv=0, memoryless u): each input spike adds 64·w·2**e to v; the threshold is
+    # 64·vth and strict, so the first spike comes at step floor(vth / (w·2**e)) + 1 (1-based).
+    w, e, vth, T = 6, 2, 100, 12
+    fnet = one_layer_net(int_layer([[w]], e=e, vth=vth))
+    res = emulate(fnet, torch.ones(T, 1, 1, dtype=torch.int64), record=True)
+    first = math.floor(vth / (w * 2**e)) + 1
+    s = res.spikes[0][:, 0, 0]
+    assert s.nonzero()[0].item() + 1 == first
+    assert res.v[0][first - 2, 0, 0].item() == (first - 1) * 64 * w * 2**e
+
+
+def test_exact_threshold_does_not_spike():
+    # v lands exactly on 64·vth at step 2: strict '>' means the spike comes one step later.
+    fnet = one_layer_net(int_layer([[2]], vth=4))
+    res = emulate(fnet, torch.ones(4, 1, 1, dtype=torch.int64), record=True)
+    assert res.spikes[0][:, 0, 0].tolist() == [False, False, True, False]
+
+
+def test_decay_truncates_toward_zero_for_both_signs():
+    layer = int_layer([[0]], du=4095, dv=1, vth=10**5)
+    bias0 = torch.zeros(1, dtype=torch.int64)
+    for v0, expected in ((4097, 4095), (-4097, -4095)):  # 4097·4095/4096 = 4095.9998 -> 4095
+        state = LIFState(torch.zeros(1, 1, dtype=torch.int64), torch.tensor([[v0]]))
+        step = fixed_lif_step(torch.zeros(1, 1, dtype=torch.int64), state, layer, bias0)
+        assert step.state.v.item() == expected
+
+
+def test_voltage_saturates_and_current_wraps():
+    # a = -256·2**7 per spike; u = a << 6 = -2 097 152; v falls to the negative 24-bit rail and stays.
+    layer = int_layer([[-256]], e=7, du=4095, dv=0, vth=loihi.VTH_MAX)
+    res = emulate(one_layer_net(layer), torch.ones(6, 1, 1, dtype=torch.int64), record=True)
+    assert res.v[0][:, 0, 0].tolist()[3:] == [-(loihi.UV_LIMIT - 1)] * 3  # -2.1 M, -4.2 M, -6.3 M, then the rail
+    # a current beyond +2**23 wraps to negative (one-shot wrap of Lava's model)
+    big = int_layer([[254] * 20], e=7, du=4095, dv=0, vth=loihi.VTH_MAX)
+    res = emulate(one_layer_net(big), torch.ones(1, 1, 20, dtype=torch.int64), record=True)
+    assert res.u[0].item() == 20 * 254 * 2**7 * 64 - 2 * loihi.UV_LIMIT
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), p=st.floats(0.0, 1.0))
+def test_emulator_invariants(seed, p):
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    layer = int_layer(2 * rng.integers(-128, 128, size=(5, 4)), e=int(rng.integers(-3, 4)),
+                      du=int(rng.integers(0, 4096)), dv=int(rng.integers(0, 4096)), vth=int(rng.integers(1, 500)))
+    x = (torch.rand(6, 3, 4, generator=g) < p).to(torch.int64)
+    res = emulate(one_layer_net(layer), x, record=True)
+    assert res.spikes[0].dtype == torch.bool
+    assert (res.v[0] <= layer.vth << loihi.VTH_SHIFT).all()  # after every step, v <= threshold
+    assert (res.v[0][res.spikes[0]] == 0).all()
+    if p == 0.0:
+        assert not res.spikes[0].any()  # no input, no bias: no spikes
+
+
+def test_quantize_scales_thresholds_and_decays():
+    net = float_net()
+    x = torch.rand(8, 20, 6, generator=torch.Generator().manual_seed(2))
+    fnet = quantize(net, x, encoding="direct", graded_input=True, input_scale=16.0)
+    layer = fnet.layers[0]
+    m, step = weight_mantissa(net.weights[0])
+    assert np.array_equal(layer.weights, (2 * m).numpy().astype(np.int32))
+    assert layer.scale == pytest.approx(2.0 ** (layer.weight_exp + 1) * 16.0 / float(step))
+    assert layer.vth == round(1.0 * layer.scale)
+    assert (layer.du, layer.dv) == (4095, round(0.15 * 4096))
+    assert layer.weights.max() <= 254 and layer.weights.min() >= -256 and not np.any(layer.weights % 2)
+    assert not check_fit(fnet)
+    # the calibrated peak of u and v stays inside half the 24-bit range
+    res = emulate(fnet, fnet.payload(x), record=True)
+    for u, v in zip(res.u, res.v):
+        assert u.abs().max() < loihi.UV_LIMIT / 2 and v.abs().max() < loihi.UV_LIMIT / 2
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), gain=st.floats(0.5, 4.0))
+def test_quantize_is_idempotent(seed, gain):
+    # Quantizing the fake-quantized network (W -> W_q) gives the same integers again.
+    net = float_net(seed=seed, gain=gain)
+    x = (torch.rand(6, 10, 6, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
+    a = quantize(net, x, encoding="rate", graded_input=False)
+    q = copy.deepcopy(net)
+    with torch.no_grad():
+        for w in [*q.weights, q.readout.weight]:
+            w.copy_(fake_quant_weight(w))
+    b = quantize(q, x, encoding="rate", graded_input=False)
+    for la, lb in zip([*a.layers, a.readout], [*b.layers, b.readout]):
+        assert np.array_equal(la.weights, lb.weights)
+        assert la.scalars() == lb.scalars()
+        assert np.array_equal(la.bias_mant, lb.bias_mant) and np.array_equal(la.bias_exp, lb.bias_exp)
+
+
+def test_emulator_tracks_the_fake_quantized_float_network():
+    # With the weights and decays the hardware uses (--quantize loihi), the float and the
+    # integer networks differ only by threshold/bias rounding and truncated decays.
+    net = float_net(sizes=(20, 40, 30, 4), gain=3.0)
+    net.weight_transform = fake_quant_weight
+    net.params = tuple(representable_params(p) for p in net.params)
+    x = (torch.rand(10, 200, 20, generator=torch.Generator().manual_seed(5)) < 0.3).float()
+    fnet = quantize(net, x, encoding="rate", graded_input=False)
+    ref = simulate(net, x, record=True)
+    emu = emulate(fnet, fnet.payload(x), record=True)
+    for s_float, s_int in zip(ref.spikes, emu.spikes):
+        assert (s_float.bool() == s_int).float().mean() > 0.995
+    assert (ref.logits.argmax(1) == emu.logits.argmax(1)).float().mean() > 0.97
+    assert torch.allclose(emu.logits.float(), ref.logits.detach(), atol=0.05 * ref.logits.abs().max().item())
+
+
+def test_save_load_round_trip(tmp_path):
+    net = float_net()
+    x = torch.rand(8, 10, 6, generator=torch.Generator().manual_seed(3))
+    fnet = quantize(net, x, encoding="direct", graded_input=True, input_scale=255.0, source={"run": "r"})
+    path = tmp_path / "net.npz"
+    loihi.save(fnet, path)
+    back = loihi.load(path)
+    assert back.header() == fnet.header()
+    for la, lb in zip([*fnet.layers, fnet.readout], [*back.layers, back.readout]):
+        assert np.array_equal(la.weights, lb.weights) and np.array_equal(la.bias_mant, lb.bias_mant)
+    assert torch.equal(emulate(fnet, fnet.payload(x)).v_out, emulate(back, back.payload(x)).v_out)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(SpikepropError, match="not a readable"):
+        loihi.load(tmp_path / "bad.npz")
+
+
+def test_check_fit_names_what_does_not_fit():
+    ok = int_layer(np.full((3, 4), 2), vth=10)
+    assert not check_fit(one_layer_net(ok))
+    cases = {
+        "weights must be even": int_layer([[3, 2]]),
+        "weight_exp 9": int_layer([[2]], e=9),
+        "du = -1": int_layer([[2]], du=-1),
+        "vth = 200000": int_layer([[2]], vth=200_000),
+        "bias_exp = 9": int_layer([[2]], bias=[5], bias_exp=[9]),
+        "inputs needs more synapses than a core": int_layer(np.zeros((1, loihi.SYNAPSES_PER_CORE + 1))),
+    }
+    for phrase, layer in cases.items():
+        problems = check_fit(one_layer_net(layer))
+        assert any(phrase in p for p in problems), (phrase, problems)
+
+
+def test_resources_split_layers_over_cores():
+    layer = int_layer(np.zeros((10_000, 100)))  # 10 000 neurons > 8192 per core; 1 M synapses > 937 500
+    res = loihi.resources(one_layer_net(layer))
+    row = res["layers"][0]
+    assert (row["neurons"], row["synapses"], row["cores"]) == (10_000, 1_000_000, 2)
+    assert res["cores"] == 3 and res["chips"] == 1
+
+
+def test_bias_mantissa_and_exponent_stay_in_range():
+    b = np.array([0.0, 1e-4, -0.3, 2.0, -7.5])
+    mant, exp = loihi._bias(b, 64 * 5000.0)
+    assert (mant <= loihi.BIAS_MANT_MAX).all() and (mant >= loihi.BIAS_MANT_MIN).all()
+    assert np.allclose(mant * 2.0**exp, np.round(b * 64 * 5000.0), rtol=2.0**-11)
