@@ -386,10 +386,13 @@ def _wrap32(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + half, 2 * half) - half
 
 
-def _trunc_decay(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """trunc0(x · keep / 4096): Lava's sign(p)·(|p| >> 12), rounding toward zero."""
-    p = x * keep
-    return torch.sign(p) * (p.abs() >> DECAY_SHIFT)
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor | int:
+    """trunc0(x · keep / 4096): Lava's sign(p)·(|p| >> 12), i.e. rounding toward zero (0 if keep is 0)."""
+    if keep == DECAY_UNIT:
+        return x
+    if keep == 0:
+        return 0
+    return torch.div(x * keep, DECAY_UNIT, rounding_mode="trunc")
 
 
 def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.Tensor) -> LIFStep:
@@ -398,15 +401,23 @@ def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.T
     a: the Dense output (already shifted by weight_exp); layer: du, dv, vth; bias: the per-neuron
     ``bias_mant << bias_exp`` [N] (``bias_v(layer)``). Returns spikes (bool), v before the reset
     and the new state (u, v after the reset): the integer twin of ``spikeprop.neurons.lif_step``.
+    Lava forms ``a << 6`` and the sums in int32 and wraps u once at 24 bits; while |u| stays
+    below 2**23 none of that can happen, so the wrap arithmetic runs only when it could matter.
     """
-    u = _wrap32(_trunc_decay(state.u, DECAY_UNIT - (layer.du + DU_OFFSET)) + _wrap32(a << ACT_SHIFT))
-    # Lava's one-shot wrap: the second test is on the wrapped value but adds to the unwrapped one.
-    w = torch.where(u > UV_LIMIT, u - 2 * UV_LIMIT, u)
-    u = torch.where(w <= -UV_LIMIT, u + 2 * UV_LIMIT, w)
-    v = _wrap32(_trunc_decay(state.v, DECAY_UNIT - layer.dv) + u + bias)
+    u_decayed = _decay(state.u, DECAY_UNIT - (layer.du + DU_OFFSET))
+    u = (a << ACT_SHIFT) + u_decayed
+    exact = bool(u.abs().max() >= UV_LIMIT or state.u.abs().max() >= UV_LIMIT) if u.numel() else False
+    if exact:
+        u = _wrap32(u_decayed + _wrap32(a << ACT_SHIFT))
+        # Lava's one-shot wrap: the second test is on the wrapped value but adds to the unwrapped one.
+        w = torch.where(u > UV_LIMIT, u - 2 * UV_LIMIT, u)
+        u = torch.where(w <= -UV_LIMIT, u + 2 * UV_LIMIT, w)
+    v = _decay(state.v, DECAY_UNIT - layer.dv) + u + bias
+    if exact or (bias.numel() and bool(bias.abs().max() >= UV_LIMIT)):
+        v = _wrap32(v)
     v_pre = v.clamp(-(UV_LIMIT - 1), UV_LIMIT - 1)
     s = v_pre > (int(layer.vth) << VTH_SHIFT)
-    return LIFStep(s, v_pre, LIFState(u, torch.where(s, torch.zeros_like(v_pre), v_pre)))
+    return LIFStep(s, v_pre, LIFState(u, v_pre.masked_fill(s, 0)))
 
 
 def bias_v(layer: Layer, device=None) -> torch.Tensor:
@@ -416,25 +427,27 @@ def bias_v(layer: Layer, device=None) -> torch.Tensor:
     return torch.as_tensor(b, dtype=torch.int64, device=device)
 
 
-def _dense(s: torch.Tensor, w: torch.Tensor, exact_float: torch.dtype, weight_exp: int) -> torch.Tensor:
-    """Lava's fixed_pt Dense: (W·s) shifted by weight_exp, as int64; the GEMM runs in a float
-    type that is exact for these magnitudes (integers below 2**24 in float32, 2**53 in float64)."""
+def _dense(s: torch.Tensor, w: torch.Tensor, exact_float: torch.dtype, weight_exp: int, may_wrap: bool) -> torch.Tensor:
+    """Lava's fixed_pt Dense: (W·s) shifted by weight_exp, as int64, sent through an int32 channel.
+
+    The GEMM runs in a float type that is exact for these magnitudes (integers below 2**24 in
+    float32, 2**53 in float64); ``may_wrap`` is False when no row sum can reach 2**31."""
     a = F.linear(s.to(exact_float), w).to(torch.int64)
     a = a << weight_exp if weight_exp > 0 else a >> -weight_exp
-    return _wrap32(a)
+    return _wrap32(a) if may_wrap else a
 
 
 class EmuResult(NamedTuple):
     """What ``emulate`` returns (int64 unless noted).
 
     v_out: read-out voltages after T steps [B, C]; logits: v_out in float units (/ 64·S·T), float64.
-    counts: spike counts per hidden layer [B, n]. When ``record``: spikes (bool), u and v (after
-    the reset, as Lava's Var probes see them) per layer as [T, B, n], and the read-out's too.
+    When ``record``: spike counts per hidden layer [B, n]; spikes (bool), u and v (after the
+    reset, as Lava's Var probes see them) per layer as [T, B, n], the read-out's included.
     """
 
     v_out: torch.Tensor
     logits: torch.Tensor
-    counts: list[torch.Tensor]
+    counts: list[torch.Tensor] | None = None
     spikes: list[torch.Tensor] | None = None
     u: list[torch.Tensor] | None = None
     v: list[torch.Tensor] | None = None
@@ -456,11 +469,13 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     dense = []
     for i, layer in enumerate(all_layers):
         in_max = max_in if i == 0 else 1
-        exact = torch.float32 if layer.n_in * abs(WEIGHT_MIN) * in_max < 2**24 else torch.float64
-        dense.append((torch.as_tensor(layer.weights, device=device).to(exact), exact, layer.weight_exp))
+        w = torch.as_tensor(layer.weights, device=device)
+        bound = int(w.abs().sum(1).max()) * in_max if w.numel() else 0  # the largest possible |W·s|
+        exact = torch.float32 if bound < 2**24 else torch.float64
+        may_wrap = bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1)
+        dense.append((w.to(exact), exact, layer.weight_exp, may_wrap))
     biases = [bias_v(la, device) for la in all_layers]
     states = [LIFState.zeros(B, la.n_out, device=device, dtype=torch.int64) for la in all_layers]
-    counts = [torch.zeros(B, la.n_out, dtype=torch.int64, device=device) for la in fnet.layers]
     rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
     constant = payload.stride(0) == 0 or bool((payload == payload[:1]).all())
     a_first = _dense(payload[0], *dense[0]) if constant else None
@@ -470,8 +485,6 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
             a = a_first if i == 0 and a_first is not None else _dense(s, *dense[i])
             step = fixed_lif_step(a, states[i], layer, biases[i])
             states[i] = step.state
-            if i < len(fnet.layers):
-                counts[i] += step.s
             if record:
                 rec["s"][i].append(step.s)
                 rec["u"][i].append(step.state.u)
@@ -480,8 +493,9 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     v_out = states[-1].v
     logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
     if not record:
-        return EmuResult(v_out, logits, counts)
+        return EmuResult(v_out, logits)
     stack = {k: [torch.stack(r) for r in rows] for k, rows in rec.items()}
+    counts = [s.sum(0) for s in stack["s"][:-1]]
     return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
 
 

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Emulator vs Lava's CPU simulator, and Lava compile-once vs compile-per-sample, in one run.
+
+    .venv/bin/python scripts/bench_lava.py [RUN_DIR] [--lava-samples 100] [--naive-samples 10] [--out FILE.json]
+
+RUN_DIR defaults to runs/quickstart (the README's first command); without it a 5-epoch digits
+run is trained into a temporary directory. Measured on the same quantized network and inputs:
+
+- emulator: the whole test set through ``hardware.loihi.emulate`` (1 torch thread, best of 3);
+- Lava fixed_pt, compile once: ``--lava-samples`` samples back to back in one compiled network
+  (``hardware.lava.run``, the path ``verify`` uses); per sample = the whole call (child process,
+  import, build, compile, run, read-back) / samples, and the steady part (run + read) / samples;
+- Lava fixed_pt, naive: one build + compile + run per sample (``chunk=1``), ``--naive-samples``.
+
+Prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hardware import lava  # noqa: E402
+from hardware.loihi import emulate, quantize_run  # noqa: E402
+from spikeprop.cli import main as cli  # noqa: E402
+
+
+def bench(run_dir: str, lava_samples: int, naive_samples: int) -> dict:
+    torch.set_num_threads(1)
+    config, ds, net, encoder, fnet, _ = quantize_run(run_dir)
+    x_all = encoder(ds.intensities(ds.test_x)).contiguous()
+    payload_all = fnet.payload(x_all)
+    n_test = payload_all.shape[1]
+
+    emulate(fnet, payload_all[:, :10])  # warm-up
+    emu_s = min(_timed(lambda: emulate(fnet, payload_all)) for _ in range(3))
+    emu_acc = float((emulate(fnet, payload_all).v_out.argmax(1) == ds.test_y).float().mean())
+
+    def lava_run(n: int, chunk: int):
+        x = payload_all[:, :n].permute(1, 0, 2).numpy()
+        t0 = time.perf_counter()
+        res = lava.run(list(fnet.layers), fnet.readout, x, tag="fixed_pt", graded=fnet.graded_input,
+                       input_bits=fnet.input_bits, chunk=chunk)
+        return res, time.perf_counter() - t0
+
+    once, once_s = lava_run(lava_samples, lava_samples)
+    naive, naive_s = lava_run(naive_samples, 1)
+    emu_v = emulate(fnet, payload_all[:, :lava_samples]).v_out.numpy()
+    steady = once.timing["run_s"] + once.timing["read_s"]
+    emu_ms = 1e3 * emu_s / n_test
+    lava_ms = 1e3 * once_s / lava_samples
+    return {
+        "run_dir": str(run_dir), "dataset": config.dataset, "steps": fnet.steps,
+        "sizes": [fnet.layers[0].n_in, *[la.n_out for la in fnet.layers], fnet.readout.n_out],
+        "emulator": {"samples": n_test, "wall_s": emu_s, "ms_per_sample": emu_ms, "accuracy": emu_acc},
+        "lava_compile_once": {"samples": lava_samples, "wall_s": once_s, "ms_per_sample": lava_ms,
+                              "steady_ms_per_sample": 1e3 * steady / lava_samples, "timing": once.timing,
+                              "samples_per_s": lava_samples / once_s,
+                              "identical_to_emulator": bool((once.v_out == emu_v).all())},
+        "lava_compile_per_sample": {"samples": naive_samples, "wall_s": naive_s, "ms_per_sample": 1e3 * naive_s / naive_samples,
+                                    "samples_per_s": naive_samples / naive_s, "timing": naive.timing},
+        "speedup_emulator_vs_lava": lava_ms / emu_ms,
+        "speedup_emulator_vs_lava_steady": 1e3 * steady / lava_samples / emu_ms,
+        "speedup_compile_once_vs_per_sample": (lava_samples / once_s) / (naive_samples / naive_s),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def table(r: dict) -> str:
+    e, o, n = r["emulator"], r["lava_compile_once"], r["lava_compile_per_sample"]
+    rows = [("emulator (int64 torch, 1 thread)", e["samples"], e["wall_s"], e["ms_per_sample"], e["samples"] / e["wall_s"]),
+            ("Lava fixed_pt, compile once", o["samples"], o["wall_s"], o["ms_per_sample"], o["samples_per_s"]),
+            ("Lava fixed_pt, compile per sample", n["samples"], n["wall_s"], n["ms_per_sample"], n["samples_per_s"])]
+    lines = [f"{r['dataset']} {'-'.join(map(str, r['sizes']))}, T={r['steps']}", "",
+             f"{'backend':<36} {'samples':>8} {'wall s':>8} {'ms/sample':>10} {'samples/s':>10}"]
+    lines += [f"{name:<36} {s:>8} {w:>8.2f} {ms:>10.3f} {sps:>10.1f}" for name, s, w, ms, sps in rows]
+    lines += ["",
+              f"emulator vs Lava (whole call per sample):        {r['speedup_emulator_vs_lava']:.0f}x",
+              f"emulator vs Lava (steady run + read per sample): {r['speedup_emulator_vs_lava_steady']:.0f}x",
+              f"Lava compile once vs compile per sample:         {r['speedup_compile_once_vs_per_sample']:.1f}x samples/s",
+              f"Lava fixed_pt read-out identical to the emulator: {o['identical_to_emulator']}"]
+    return "\n".join(lines)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", nargs="?", default="runs/quickstart")
+    p.add_argument("--lava-samples", type=int, default=100)
+    p.add_argument("--naive-samples", type=int, default=10)
+    p.add_argument("--out", default="bench_lava.json")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse()
+    run_dir = args.run_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (Path(run_dir) / "checkpoint.pt").is_file():
+            print(f"{run_dir} holds no trained run: training a 5-epoch digits run first", file=sys.stderr)
+            run_dir = str(Path(tmp) / "run")
+            if cli(["train", "--epochs", "5", "--out", run_dir, "--no-progress"]) != 0:
+                sys.exit(1)
+        result = bench(run_dir, args.lava_samples, args.naive_samples)
+    print(table(result))
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
