@@ -195,3 +195,42 @@ def test_bias_mantissa_and_exponent_stay_in_range():
     mant, exp = loihi._bias(b, 64 * 5000.0)
     assert (mant <= loihi.BIAS_MANT_MAX).all() and (mant >= loihi.BIAS_MANT_MIN).all()
     assert np.allclose(mant * 2.0**exp, np.round(b * 64 * 5000.0), rtol=2.0**-11)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from spikeprop.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--epochs", "2", "--hidden", "32", "--quantize", "loihi", "--out", str(run), "--no-progress"]) == 0
+    return run
+
+
+def test_evaluate_backend_loihi_matches_the_float_network(tiny_run, capsys):
+    from spikeprop.cli import main
+
+    assert main(["evaluate", str(tiny_run)]) == 0
+    assert main(["evaluate", str(tiny_run), "--backend", "loihi"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    float_acc, loihi_acc = (float(line.split()[2]) for line in out[-2:])
+    assert "backend: loihi" in out[-1] and loihi_acc > 0.5
+    assert abs(float_acc - loihi_acc) <= 0.01
+
+
+def test_export_refuses_a_network_that_does_not_fit(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from spikeprop import runs
+    from spikeprop.cli import main
+
+    run = tmp_path / "big-bias"
+    shutil.copytree(tiny_run, run)
+    ckpt = runs.load_checkpoint(run)
+    ckpt["network"]["biases.0"][3] = 50.0  # 50 thresholds: more than bias_mant << 7 can hold
+    runs.save_checkpoint(run, {k: v for k, v in ckpt.items() if k != "format"})
+    assert main(["export", str(run), "--to", "lava", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit Loihi 2" in err and "neuron 3's bias needs bias_exp" in err
+    assert not (tmp_path / "x.npz").exists()
+    assert main(["export", str(tiny_run), "--to", "lava", "--out", str(tmp_path / "ok.npz")]) == 0
+    assert loihi.load(tmp_path / "ok.npz").layers[0].n_out == 32
