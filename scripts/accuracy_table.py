@@ -78,11 +78,13 @@ def collect(results: Path, datasets, rules) -> dict:
     return table
 
 
-def flags(table: dict, margin: float) -> list[str]:
+def flags(table: dict, margin: float, datasets=("fashion-mnist", "mnist")) -> list[str]:
+    """Forward-only rules that do not beat the shallow row by ``margin`` (on the 28x28 sets: on the
+    8x8 digits a random 256-unit layer already reaches ~97 %, so the comparison says little there)."""
     out = []
     for dataset, cells in table.items():
         shallow = cells.get("shallow")
-        if shallow is None:
+        if shallow is None or dataset not in datasets:
             continue
         for rule in FORWARD_ONLY:
             if rule in cells and cells[rule]["mean"] < shallow["mean"] + margin:
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per cell")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (all cells of this call)")
-    p.add_argument("--results", default="results/accuracy", help="folder of the run directories and the table")
+    p.add_argument("--results", default="runs/accuracy-table", help="folder of the run directories and the table")
     p.add_argument("--data-dir", help="IDX directory for fashion-mnist / mnist")
     p.add_argument("--margin", type=float, default=0.01, help="how much a forward-only rule must beat shallow by")
     p.add_argument("--table-only", action="store_true", help="train nothing; tabulate the runs already there")

@@ -63,12 +63,15 @@ class ForwardForward(Rule):
     OPTIONS = {
         "theta": Option(float, 0.2, "goodness threshold theta (G is a mean over neurons, in units of vth^2)"),
         "alpha": Option(float, 30.0, "sharpness alpha of p(positive) = sigmoid(alpha (G - theta))"),
+        "loss": Option(str, "threshold", "threshold: softplus(alpha (theta - G_pos)) + softplus(alpha (G_neg - theta)); "
+                       "symba: softplus(alpha (G_neg - G_pos)), the margin of the same image under its two labels",
+                       ("threshold", "symba")),
         "goodness": Option(str, "m2", "goodness of the membrane: m2 pre-reset v, m1 post-reset v, "
                            "mean relu(mean_t v)^2 (traces, memory flat in T)", GOODNESS),
         "predict": Option(str, "goodness", "goodness: argmax over the C labels of the accumulated goodness "
                           "(C passes); readout: one pass with a neutral label through the linear read-out",
                           ("goodness", "readout")),
-        "label_scale": Option(float, 1.0, "input value of the label features (1 = maximal intensity)"),
+        "label_scale": Option(float, 1.0, "input value of the label features in [0, 1] (encoders clip; 1 = maximal)"),
         "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)"),
     }
 
@@ -109,6 +112,8 @@ class ForwardForward(Rule):
 
     def layer_losses(self, G_pos: list[torch.Tensor], G_neg: list[torch.Tensor]) -> list[torch.Tensor]:
         theta, alpha = self.options["theta"], self.options["alpha"]
+        if self.options["loss"] == "symba":
+            return [F.softplus(alpha * (gn - gp)).mean() for gp, gn in zip(G_pos, G_neg)]
         return [(F.softplus(alpha * (theta - gp)) + F.softplus(alpha * (gn - theta))).mean() for gp, gn in zip(G_pos, G_neg)]
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
