@@ -92,10 +92,13 @@ def import_lava():
 
 TAGS = ("fixed_pt", "floating_pt")
 ROOT = Path(__file__).resolve().parent.parent
-# Generous default limit: start-up, compile (~0.3 s) and ~2 ms per simulated step on a busy
-# 2-core machine; a hang is still reported within minutes instead of never.
+# Generous default limit: start-up, compile (~0.3 s per chunk), ~1 ms per simulated step per
+# layer and ~15 µs per value read back (Var.get sends one element per message, lava.md §3.4),
+# each with a factor of about 5 for a busy 2-core machine; a hang is still reported, not waited on.
 TIMEOUT_BASE_S = 120.0
+TIMEOUT_PER_CHUNK_S = 2.0
 TIMEOUT_PER_STEP_S = 0.005
+TIMEOUT_PER_READ_S = 1e-4
 EXIT_WORKER_ERROR = 3  # the child's status when Lava raised (its runtime is then unusable)
 
 
@@ -132,7 +135,12 @@ def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded:
         raise SpikepropError("chunk must be >= 1")
     N, T, _ = x.shape
     if timeout is None:
-        timeout = TIMEOUT_BASE_S + TIMEOUT_PER_STEP_S * (N * T + math_ceil(N / chunk) * (len(layers) + 1)) * (len(layers) + 1)
+        chunks = -(-N // chunk)
+        steps = N * T + chunks * (len(layers) + 1)
+        neurons = sum(la.n_out for la in layers)
+        reads = steps * neurons + (2 * steps * (neurons + readout.n_out) if record_uv else 0)
+        timeout = (TIMEOUT_BASE_S + TIMEOUT_PER_CHUNK_S * chunks + TIMEOUT_PER_STEP_S * steps * (len(layers) + 1)
+                   + TIMEOUT_PER_READ_S * reads)
     with tempfile.TemporaryDirectory(prefix="spikeprop-lava-") as tmp:
         spec, out = Path(tmp) / "spec.npz", Path(tmp) / "out.npz"
         header = {"tag": tag, "graded": graded, "input_bits": input_bits, "record_uv": record_uv, "chunk": chunk,
@@ -149,10 +157,6 @@ def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded:
             u = [z[f"u{i}"] for i in range(n_all)] if record_uv else None
             v = [z[f"v{i}"] for i in range(n_all)] if record_uv else None
             return LavaResult(spikes, z["v_out"], u, v, timing)
-
-
-def math_ceil(a: float) -> int:
-    return int(-(-a // 1))
 
 
 def _layer_header(la: Layer) -> dict:

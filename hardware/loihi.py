@@ -12,11 +12,11 @@ never reached), whose voltage after T steps is ``64·S_out·T·logits``. Arithme
     v = clip(trunc0(v · (4096 - dv) / 4096) + u + (bias_mant << bias_exp), ±(2**23 - 1))
     s = v > (vth << 6);  v = 0 where s                      (u is not reset)
 
-``emulate`` runs that in batched int64 torch, in the per-sample form of ``spikeprop.network``:
-layer l's local step t is Lava's global step ``t + l + 2`` of the sample's window, which is what
-Lava computes with per-layer ``LIFReset(reset_interval=T, reset_offset=(2 + l) mod T)`` behind a
-RingBuffer (``hardware.lava``). The Dense's one-step delay is therefore in the clock, not in
-the arithmetic.
+``emulate`` runs that batched in torch (integers held exactly in float64, returned as int64),
+in the per-sample form of ``spikeprop.network``: layer l's local step t is Lava's global step
+``t + l + 2`` of the sample's window, which is what Lava computes with per-layer
+``LIFReset(reset_interval=T, reset_offset=(2 + l) mod T)`` behind a RingBuffer
+(``hardware.lava``). The Dense's one-step delay is therefore in the clock, not in the arithmetic.
 
 File format (``save`` / ``load``; ``spikeprop export RUN_DIR --to lava --out FILE``): one
 ``.npz`` (numpy's zip of ``.npy`` arrays) holding
@@ -168,7 +168,7 @@ def calibrate(net: Network, x: torch.Tensor) -> Calibration:
         p = max(float(step.state.u.abs().max()), float(step.v_pre.abs().max()))
         peak[layer] = max(peak[layer], p)
 
-    res = simulate(net, x.to(torch.float32), observer=observer, record=True)
+    res = simulate(net, x.to(net.readout.weight.dtype), observer=observer, record=True)
     w_out = _effective(net, net.readout.weight)
     a = F.linear(res.spikes[-1], w_out)  # [T, B, C]
     partial = torch.cumsum(a + net.readout.bias, dim=0)
@@ -380,23 +380,35 @@ def load(path: str | Path) -> FixedNetwork:
 # The bit-exact emulator
 
 
+# The emulator computes in float64: every value is an integer, u and v stay below 2**31 and
+# the decay products below 2**44 (24-bit state times 12-bit decay), far inside float64's exact
+# integer range (2**53), so additions, multiplications by powers of two, trunc and floor give
+# Lava's integers bit for bit, and faster than int64 (whose division is not vectorized).
+EXACT = torch.float64
+
+
 def _wrap32(x: torch.Tensor) -> torch.Tensor:
-    """int64 -> the value numpy's int32 arithmetic would hold (two's complement wrap)."""
+    """The value numpy's int32 arithmetic would hold (two's complement wrap)."""
     half = 2 ** (INT32_BITS - 1)
     return torch.remainder(x + half, 2 * half) - half
 
 
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor | int:
-    """trunc0(x · keep / 4096): Lava's sign(p)·(|p| >> 12), i.e. rounding toward zero (0 if keep is 0)."""
+    """trunc0(x · keep / 4096), Lava's sign(p)·(|p| >> 12): keep/4096 and the product are exact."""
     if keep == DECAY_UNIT:
         return x
     if keep == 0:
         return 0
-    return torch.div(x * keep, DECAY_UNIT, rounding_mode="trunc")
+    return torch.trunc(x * (keep / DECAY_UNIT))
+
+
+def _outside(x: torch.Tensor, limit: int) -> bool:
+    lo, hi = torch.aminmax(x)
+    return bool(hi >= limit or lo <= -limit)
 
 
 def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.Tensor) -> LIFStep:
-    """One step of Lava's bit-accurate LIF (module docstring), int64 tensors [B, N].
+    """One step of Lava's bit-accurate LIF (module docstring) on integer-valued tensors [B, N].
 
     a: the Dense output (already shifted by weight_exp); layer: du, dv, vth; bias: the per-neuron
     ``bias_mant << bias_exp`` [N] (``bias_v(layer)``). Returns spikes (bool), v before the reset
@@ -405,35 +417,36 @@ def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.T
     below 2**23 none of that can happen, so the wrap arithmetic runs only when it could matter.
     """
     u_decayed = _decay(state.u, DECAY_UNIT - (layer.du + DU_OFFSET))
-    u = (a << ACT_SHIFT) + u_decayed
-    exact = bool(u.abs().max() >= UV_LIMIT or state.u.abs().max() >= UV_LIMIT) if u.numel() else False
+    a_shifted = a * 2**ACT_SHIFT
+    u = a_shifted + u_decayed
+    exact = u.numel() > 0 and (_outside(u, UV_LIMIT) or _outside(state.u, UV_LIMIT))
     if exact:
-        u = _wrap32(u_decayed + _wrap32(a << ACT_SHIFT))
+        u = _wrap32(u_decayed + _wrap32(a_shifted))
         # Lava's one-shot wrap: the second test is on the wrapped value but adds to the unwrapped one.
         w = torch.where(u > UV_LIMIT, u - 2 * UV_LIMIT, u)
         u = torch.where(w <= -UV_LIMIT, u + 2 * UV_LIMIT, w)
     v = _decay(state.v, DECAY_UNIT - layer.dv) + u + bias
-    if exact or (bias.numel() and bool(bias.abs().max() >= UV_LIMIT)):
+    if exact or (bias.numel() > 0 and _outside(bias, UV_LIMIT)):
         v = _wrap32(v)
     v_pre = v.clamp(-(UV_LIMIT - 1), UV_LIMIT - 1)
     s = v_pre > (int(layer.vth) << VTH_SHIFT)
-    return LIFStep(s, v_pre, LIFState(u, v_pre.masked_fill(s, 0)))
+    return LIFStep(s, v_pre, LIFState(u, v_pre * s.logical_not()))
 
 
 def bias_v(layer: Layer, device=None) -> torch.Tensor:
-    """The bias Lava adds to v each step: bias_mant << bias_exp (>> for a negative exponent), int64 [N]."""
+    """The bias Lava adds to v each step: bias_mant << bias_exp (>> for a negative exponent), [N]."""
     mant, exp = layer.bias_mant.astype(np.int64), layer.bias_exp.astype(np.int64)
     b = np.where(exp >= 0, mant << np.maximum(exp, 0), mant >> np.maximum(-exp, 0))
-    return torch.as_tensor(b, dtype=torch.int64, device=device)
+    return torch.as_tensor(b, dtype=EXACT, device=device)
 
 
-def _dense(s: torch.Tensor, w: torch.Tensor, exact_float: torch.dtype, weight_exp: int, may_wrap: bool) -> torch.Tensor:
-    """Lava's fixed_pt Dense: (W·s) shifted by weight_exp, as int64, sent through an int32 channel.
+def _dense(s: torch.Tensor, w: torch.Tensor, gemm_dtype: torch.dtype, weight_exp: int, may_wrap: bool) -> torch.Tensor:
+    """Lava's fixed_pt Dense: (W·s) shifted by weight_exp (floor for e < 0), sent through an int32 channel.
 
     The GEMM runs in a float type that is exact for these magnitudes (integers below 2**24 in
     float32, 2**53 in float64); ``may_wrap`` is False when no row sum can reach 2**31."""
-    a = F.linear(s.to(exact_float), w).to(torch.int64)
-    a = a << weight_exp if weight_exp > 0 else a >> -weight_exp
+    a = F.linear(s.to(gemm_dtype), w).to(EXACT)
+    a = a * 2**weight_exp if weight_exp >= 0 else torch.floor(a * 2.0**weight_exp)
     return _wrap32(a) if may_wrap else a
 
 
@@ -469,13 +482,13 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     dense = []
     for i, layer in enumerate(all_layers):
         in_max = max_in if i == 0 else 1
-        w = torch.as_tensor(layer.weights, device=device)
+        w = torch.as_tensor(layer.weights, device=device).to(torch.int64)
         bound = int(w.abs().sum(1).max()) * in_max if w.numel() else 0  # the largest possible |W·s|
-        exact = torch.float32 if bound < 2**24 else torch.float64
+        gemm = torch.float32 if bound < 2**24 else torch.float64
         may_wrap = bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1)
-        dense.append((w.to(exact), exact, layer.weight_exp, may_wrap))
+        dense.append((w.to(gemm), gemm, layer.weight_exp, may_wrap))
     biases = [bias_v(la, device) for la in all_layers]
-    states = [LIFState.zeros(B, la.n_out, device=device, dtype=torch.int64) for la in all_layers]
+    states = [LIFState.zeros(B, la.n_out, device=device, dtype=EXACT) for la in all_layers]
     rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
     constant = payload.stride(0) == 0 or bool((payload == payload[:1]).all())
     a_first = _dense(payload[0], *dense[0]) if constant else None
@@ -490,11 +503,11 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
                 rec["u"][i].append(step.state.u)
                 rec["v"][i].append(step.state.v)
             s = step.s
-    v_out = states[-1].v
+    v_out = states[-1].v.to(torch.int64)
     logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
     if not record:
         return EmuResult(v_out, logits)
-    stack = {k: [torch.stack(r) for r in rows] for k, rows in rec.items()}
+    stack = {k: [torch.stack(r) if k == "s" else torch.stack(r).to(torch.int64) for r in rows] for k, rows in rec.items()}
     counts = [s.sum(0) for s in stack["s"][:-1]]
     return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
 
