@@ -40,6 +40,7 @@ a-units per float unit of input current; u and v are in units of 64·S.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from torch.nn import functional as F
 from spikeprop import SpikepropError
 from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFState, LIFStep
-from spikeprop.quantize import DECAY_UNIT, weight_mantissa
+from spikeprop.quantize import DECAY_UNIT, fake_quant_weight, weight_mantissa
 
 FORMAT = "spikeprop-loihi"
 FORMAT_VERSION = 1
@@ -176,6 +177,15 @@ def calibrate(net: Network, x: torch.Tensor) -> Calibration:
     return Calibration(peak, readout_peak)
 
 
+def deployed(net: Network) -> Network:
+    """``net`` with the 8-bit weights it is deployed with (shares its parameters): the network
+    ``quantize`` calibrates, so that quantizing a fake-quantized network changes nothing."""
+    out = copy.copy(net)
+    t = net.weight_transform
+    out.weight_transform = fake_quant_weight if t in (None, fake_quant_weight) else (lambda w: fake_quant_weight(t(w)))
+    return out
+
+
 def _effective(net: Network, w: torch.Tensor) -> torch.Tensor:
     return net.weight_transform(w) if net.weight_transform is not None else w
 
@@ -234,14 +244,15 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
     ``scale`` so that the stored integer pixels are sent exactly); binary input uses 1.
 
     Per layer: m = round(W/Δ) with Δ = max|W|/127, weights 2m; the exponent e is the largest
-    in [-8, 7] that keeps the calibrated peak of u and v within 2**22 and vth within 17 bits;
+    in [-8, 7] that keeps the calibrated peak of u and v (of ``deployed(net)``, the float network
+    with these 8-bit weights) within 2**22 and vth within 17 bits;
     S = 2**(e+1)·input_scale/Δ; vth = round(vth·S); bias = round(64·S·b) as mant·2**exp;
     du = round(4096·du) - 1, dv = round(4096·dv). The result is returned even when it does not
     fit Loihi 2: ``check_fit`` says what does not.
     """
     if not graded_input:
         input_scale = 1.0
-    cal = calibrate(net, calibration_x)
+    cal = calibrate(deployed(net), calibration_x)
     layers = []
     scale_in = input_scale
     for layer in range(net.n_layers):
@@ -558,7 +569,7 @@ def quantize_run(run_dir: str | Path):
               "quantize": config.quantize, "seed": config.seed}
     fnet = quantize(net, x_cal, encoding=config.encoding, graded_input=graded,
                     input_scale=float(ds.scale) if graded else 1.0, source=source)
-    return config, ds, net, encoder, fnet, calibrate(net, x_cal)
+    return config, ds, net, encoder, fnet, calibrate(deployed(net), x_cal)
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> FixedNetwork:
