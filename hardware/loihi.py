@@ -418,19 +418,23 @@ def _outside(x: torch.Tensor, limit: int) -> bool:
     return bool(hi >= limit or lo <= -limit)
 
 
-def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.Tensor) -> LIFStep:
+def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.Tensor,
+                   a_may_overflow: bool | None = None) -> LIFStep:
     """One step of Lava's bit-accurate LIF (module docstring) on integer-valued tensors [B, N].
 
     a: the Dense output (already shifted by weight_exp); layer: du, dv, vth; bias: the per-neuron
     ``bias_mant << bias_exp`` [N] (``bias_v(layer)``). Returns spikes (bool), v before the reset
     and the new state (u, v after the reset): the integer twin of ``spikeprop.neurons.lif_step``.
-    Lava forms ``a << 6`` and the sums in int32 and wraps u once at 24 bits; while |u| stays
-    below 2**23 none of that can happen, so the wrap arithmetic runs only when it could matter.
+    Lava forms ``a << 6`` and the sums in int32 and wraps u once at 24 bits. While |a| < 2**25
+    (``a_may_overflow`` False; None: look) and |u| < 2**23 none of that can happen, so the wrap
+    arithmetic runs only when it could matter.
     """
     u_decayed = _decay(state.u, DECAY_UNIT - (layer.du + DU_OFFSET))
     a_shifted = a * 2**ACT_SHIFT
-    u = a_shifted + u_decayed
-    exact = u.numel() > 0 and (_outside(u, UV_LIMIT) or _outside(state.u, UV_LIMIT))
+    u = a_shifted + u_decayed if torch.is_tensor(u_decayed) else a_shifted
+    if a_may_overflow is None:
+        a_may_overflow = a.numel() > 0 and _outside(a, 2 ** (INT32_BITS - 1 - ACT_SHIFT))
+    exact = a_may_overflow or (u.numel() > 0 and _outside(u, UV_LIMIT))
     if exact:
         u = _wrap32(u_decayed + _wrap32(a_shifted))
         # Lava's one-shot wrap: the second test is on the wrapped value but adds to the unwrapped one.
@@ -490,14 +494,15 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     device = payload.device
     all_layers = [*fnet.layers, fnet.readout]
     max_in = int(payload.abs().max()) if payload.numel() else 0
-    dense = []
+    dense, overflow = [], []
     for i, layer in enumerate(all_layers):
         in_max = max_in if i == 0 else 1
         w = torch.as_tensor(layer.weights, device=device).to(torch.int64)
         bound = int(w.abs().sum(1).max()) * in_max if w.numel() else 0  # the largest possible |W·s|
         gemm = torch.float32 if bound < 2**24 else torch.float64
-        may_wrap = bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1)
-        dense.append((w.to(gemm), gemm, layer.weight_exp, may_wrap))
+        a_bound = bound * 2 ** max(layer.weight_exp, 0)
+        dense.append((w.to(gemm), gemm, layer.weight_exp, a_bound >= 2 ** (INT32_BITS - 1)))
+        overflow.append(a_bound >= 2 ** (INT32_BITS - 1 - ACT_SHIFT))
     biases = [bias_v(la, device) for la in all_layers]
     states = [LIFState.zeros(B, la.n_out, device=device, dtype=EXACT) for la in all_layers]
     rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
@@ -507,7 +512,7 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
         s = payload[t]
         for i, layer in enumerate(all_layers):
             a = a_first if i == 0 and a_first is not None else _dense(s, *dense[i])
-            step = fixed_lif_step(a, states[i], layer, biases[i])
+            step = fixed_lif_step(a, states[i], layer, biases[i], overflow[i])
             states[i] = step.state
             if record:
                 rec["s"][i].append(step.s)
