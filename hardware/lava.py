@@ -105,12 +105,12 @@ EXIT_WORKER_ERROR = 3  # the child's status when Lava raised (its runtime is the
 class LavaResult(NamedTuple):
     """Results of ``run``, sample-aligned (local time, as ``emulate`` and ``simulate`` give them).
 
-    spikes: per hidden layer [N, T, n] bool; v_out: the read-out's v at the end of each sample
+    spikes: per hidden layer [N, T, n] bool (None with ``record_spikes=False``); v_out: the read-out's v at the end of each sample
     [N, C]; u, v: per layer including the read-out [N, T, n] after the step's reset (only with
     ``record_uv``); timing: seconds for build, compile, runtime start, run, read, per chunk summed.
     """
 
-    spikes: list[np.ndarray]
+    spikes: list[np.ndarray] | None
     v_out: np.ndarray
     u: list[np.ndarray] | None
     v: list[np.ndarray] | None
@@ -118,11 +118,14 @@ class LavaResult(NamedTuple):
 
 
 def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded: bool, input_bits: int = 8,
-        record_uv: bool = False, chunk: int = 500, timeout: float | None = None) -> LavaResult:
+        record_spikes: bool = True, record_uv: bool = False, chunk: int = 500,
+        timeout: float | None = None) -> LavaResult:
     """Run N samples x [N, T, n_in] on Lava's CPU simulator (``Loihi2SimCfg(select_tag=tag)``).
 
     x holds integer payloads (fixed_pt; graded or 0/1) or floats (floating_pt). ``chunk`` samples
     share one compiled network (``chunk=1`` compiles once per sample: the naive baseline).
+    ``record_spikes=False`` reads back only the read-out voltages (Lava's Var reads cost ~15 µs
+    per value, lava.md §3.4, so reading every spike dominates a long run).
     Runs in a child process with a timeout (module docstring); raises SpikepropError on a hang or
     a Lava error, after killing the child and all its workers.
     """
@@ -138,12 +141,13 @@ def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded:
         chunks = -(-N // chunk)
         steps = N * T + chunks * (len(layers) + 1)
         neurons = sum(la.n_out for la in layers)
-        reads = steps * neurons + (2 * steps * (neurons + readout.n_out) if record_uv else 0)
+        reads = steps * neurons * record_spikes + (2 * steps * (neurons + readout.n_out) if record_uv else 0)
         timeout = (TIMEOUT_BASE_S + TIMEOUT_PER_CHUNK_S * chunks + TIMEOUT_PER_STEP_S * steps * (len(layers) + 1)
                    + TIMEOUT_PER_READ_S * reads)
     with tempfile.TemporaryDirectory(prefix="spikeprop-lava-") as tmp:
         spec, out = Path(tmp) / "spec.npz", Path(tmp) / "out.npz"
         header = {"tag": tag, "graded": graded, "input_bits": input_bits, "record_uv": record_uv, "chunk": chunk,
+                  "record_spikes": record_spikes,
                   "layers": [_layer_header(la) for la in [*layers, readout]]}
         arrays = {"header": np.array(json.dumps(header)), "x": x}
         for i, la in enumerate([*layers, readout]):
@@ -153,7 +157,7 @@ def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded:
         with np.load(out, allow_pickle=False) as z:
             timing = json.loads(str(z["timing"]))
             n_all = len(layers) + 1
-            spikes = [z[f"s{i}"].astype(bool) for i in range(len(layers))]
+            spikes = [z[f"s{i}"].astype(bool) for i in range(len(layers))] if record_spikes else None
             u = [z[f"u{i}"] for i in range(n_all)] if record_uv else None
             v = [z[f"v{i}"] for i in range(n_all)] if record_uv else None
             return LavaResult(spikes, z["v_out"], u, v, timing)
@@ -259,7 +263,7 @@ def _run_chunk(layers: list[Layer], x: np.ndarray, header: dict) -> tuple[dict, 
                        reset_interval=T, reset_offset=(i + 2) % T)
         prev.connect(dense.s_in)
         dense.a_out.connect(lif.a_in)
-        if i < L:
+        if i < L and header["record_spikes"]:
             sink = Sink(shape=(la.n_out,), buffer=total)
             lif.s_out.connect(sink.a_in)
             sinks.append(sink)
