@@ -423,7 +423,7 @@ def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.T
     """One step of Lava's bit-accurate LIF (module docstring) on integer-valued tensors [B, N].
 
     a: the Dense output (already shifted by weight_exp); layer: du, dv, vth; bias: the per-neuron
-    ``bias_mant << bias_exp`` [N] (``bias_v(layer)``). Returns spikes (bool), v before the reset
+    ``bias_mant << bias_exp`` [N] (``bias_v(layer)``). Returns spikes (0./1.), v before the reset
     and the new state (u, v after the reset): the integer twin of ``spikeprop.neurons.lif_step``.
     Lava forms ``a << 6`` and the sums in int32 and wraps u once at 24 bits. While |a| < 2**25
     (``a_may_overflow`` False; None: look) and |u| < 2**23 none of that can happen, so the wrap
@@ -444,8 +444,10 @@ def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: Layer, bias: torch.T
     if exact or (bias.numel() > 0 and _outside(bias, UV_LIMIT)):
         v = _wrap32(v)
     v_pre = v.clamp(-(UV_LIMIT - 1), UV_LIMIT - 1)
-    s = v_pre > (int(layer.vth) << VTH_SHIFT)
-    return LIFStep(s, v_pre, LIFState(u, v_pre * s.logical_not()))
+    # v_pre > Θ for integers is v_pre - Θ >= 1, so clamping v_pre - Θ to [0, 1] gives the spike
+    # as an exact 0./1. float (cheaper than a bool mask and what the next Dense multiplies).
+    s = (v_pre - (int(layer.vth) << VTH_SHIFT)).clamp_(0, 1)
+    return LIFStep(s, v_pre, LIFState(u, v_pre * (1 - s)))
 
 
 def bias_v(layer: Layer, device=None) -> torch.Tensor:
@@ -523,7 +525,7 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
     if not record:
         return EmuResult(v_out, logits)
-    stack = {k: [torch.stack(r) if k == "s" else torch.stack(r).to(torch.int64) for r in rows] for k, rows in rec.items()}
+    stack = {k: [torch.stack(r).to(torch.bool if k == "s" else torch.int64) for r in rows] for k, rows in rec.items()}
     counts = [s.sum(0) for s in stack["s"][:-1]]
     return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
 
