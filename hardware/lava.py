@@ -196,11 +196,47 @@ def _run_child(spec: Path, out: Path, timeout: float) -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's process group (Lava's workers included) and unlink the shared-memory
+    segments its processes had mapped: killed, they cannot release them (a clean run releases
+    its own, so after one there is nothing left to do)."""
+    members = _group_members(proc.pid)
+    segments = _shared_memory(members)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+    for path in segments:
+        Path(path).unlink(missing_ok=True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs in process group ``pgid`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp
+                pids.append(int(entry.name))
+    return pids
+
+
+def _shared_memory(pids: list[int]) -> set[str]:
+    """The POSIX shared-memory files (/dev/shm/psm_*, Python's SharedMemory) mapped by ``pids``."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            if path.startswith("/dev/shm/psm_") and not path.endswith("(deleted)"):
+                found.add(path)
+    return found
 
 
 def _child_main(spec_path: str, out_path: str) -> None:
