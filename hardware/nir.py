@@ -33,7 +33,9 @@ Node per hidden layer, chosen by the decays:
 Reset: to zero (``v_reset = 0`` per neuron), strict threshold, the synaptic current is kept.
 Every parameter is a per-neuron float64 array (a scalar shape breaks NIR's type inference,
 research/lava.md §5.3); ``tau`` is nudged by at most a few ulps so that ``dt/tau`` gives back
-the decay bit for bit.
+the decay bit for bit, and where no float64 ``tau`` does, the importer takes the decimal of at most
+12 digits within one ulp of ``dt/tau`` (``to_discrete``): every decay with a short decimal form
+(0.045, Loihi's k/4096) comes back exactly, any other within two ulps.
 
 Timing: ``Affine`` and ``Linear`` are instantaneous in NIR, so the graph has **no delay**: every
 layer reads the previous layer's spikes of the same step, which is exactly ``simulate``'s
@@ -65,6 +67,8 @@ from spikeprop.neurons import LIFParams
 
 DEFAULT_DT = 1e-4  # seconds per step: the dt snnTorch's NIR exporter and importer hard-code
 CONVENTION = "spikeprop-nir/1"  # the metadata below; bump if the mapping ever changes
+NUDGE_ULPS = 16  # how far _tau_for looks for a tau that gives the decay back exactly
+SNAP_DIGITS = 12  # enough for every Loihi decay k/4096 (at most 12 significant digits)
 GAIN_RTOL = 1e-9  # r*dt/tau within this of 1 is 1: float rounding of r = tau/dt, not a gain
 
 SUPPORTED = ("Input", "Output", "Affine", "Linear", "LIF", "IF", "CubaLIF", "I")
@@ -83,14 +87,15 @@ def _nir():
 
 
 def _tau_for(decay: float, dt: float) -> float:
-    """``tau`` with ``dt / tau == decay`` exactly in float64 (``dt/decay`` nudged by ulps)."""
-    tau = dt / decay
-    for _ in range(8):
-        back = dt / tau
-        if back == decay:
-            return tau
-        tau = np.nextafter(tau, np.inf if back > decay else -np.inf)
-    return dt / decay  # no exact inverse in reach; the decay comes back within an ulp
+    """``tau`` near ``dt / decay`` whose ``dt / tau`` is ``decay`` exactly in float64, when one of the
+    neighbouring floats gives it; otherwise the neighbour that comes closest (within an ulp)."""
+    centre = dt / decay
+    candidates = [centre]
+    up = down = centre
+    for _ in range(NUDGE_ULPS):
+        up, down = np.nextafter(up, np.inf), np.nextafter(down, -np.inf)
+        candidates += [up, down]
+    return float(min(candidates, key=lambda tau: abs(dt / tau - decay)))
 
 
 def to_continuous(params: LIFParams, dt: float) -> dict:
@@ -115,10 +120,24 @@ def to_continuous(params: LIFParams, dt: float) -> dict:
             "tau_mem": _tau_for(dv, dt), "r": 1.0 / dv, "v_threshold": vth}
 
 
+def _shortest_near(x: float) -> float:
+    """``x``, or the decimal of at most ``SNAP_DIGITS`` significant digits within one ulp of it.
+
+    ``dt / (dt / d)`` can miss ``d`` by an ulp when no float64 ``tau`` inverts it exactly (about 7 %
+    of three-decimal decays); the decays people choose (0.15, Loihi's k/4096) have short decimal
+    forms, so this recovers them exactly, and leaves other values alone (a random float64 lies
+    within an ulp of a 12-digit decimal with probability about 1e-4, and then moves by one ulp).
+    """
+    short = float(f"{x:.{SNAP_DIGITS}g}")
+    return short if abs(short - x) <= np.spacing(x) else x
+
+
 def to_discrete(tau_syn, tau_mem, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse: ``du = dt/tau_syn`` and ``dv = dt/tau_mem`` (``None`` stands for no leak: 1 or 0)."""
-    du = np.asarray(1.0) if tau_syn is None else dt / np.asarray(tau_syn, dtype=np.float64)
-    dv = np.asarray(0.0) if tau_mem is None else dt / np.asarray(tau_mem, dtype=np.float64)
+    """The inverse: ``du = dt/tau_syn`` and ``dv = dt/tau_mem`` (``None``: no such leak, du = 1, dv = 0),
+    each snapped to a short decimal within one ulp (``_shortest_near``)."""
+    snap = np.vectorize(_shortest_near, otypes=[np.float64])
+    du = np.asarray(1.0) if tau_syn is None else snap(dt / np.asarray(tau_syn, dtype=np.float64))
+    dv = np.asarray(0.0) if tau_mem is None else snap(dt / np.asarray(tau_mem, dtype=np.float64))
     return du, dv
 
 

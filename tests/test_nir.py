@@ -6,8 +6,10 @@ import nir
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from hardware.nir import DEFAULT_DT, export_nir, from_nir, import_nir, load_nir, to_continuous, to_nir
+from hardware.nir import DEFAULT_DT, export_nir, from_nir, import_nir, load_nir, to_continuous, to_discrete, to_nir
 from spikeprop import SpikepropError, runs
 from spikeprop.cli import main
 from spikeprop.network import Network, simulate
@@ -220,3 +222,18 @@ def test_quantized_run_exports_the_weights_it_runs(tmp_path, capsys):
     first = capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "imported")]) == 0
     assert capsys.readouterr().out == first
+
+
+@settings(max_examples=300, deadline=None)
+@given(ku=st.integers(1, 10**6), kv=st.integers(1, 10**6), dt=st.floats(1e-6, 1e-1), du_f=st.floats(0.001, 1.0))
+@example(ku=10**6, kv=45_000, dt=DEFAULT_DT, du_f=0.3)  # dv = 0.045: dt / (dt / 0.045) != 0.045 for every float tau
+def test_conversion_round_trips_decays(ku, kv, dt, du_f):
+    # decays with a short decimal form (what people type, Loihi's k/4096) come back exactly
+    du, dv = ku / 10**6, kv / 10**6
+    c = to_continuous(LIFParams(du=du, dv=dv), dt)
+    back_du, back_dv = to_discrete(c.get("tau_syn"), c["tau"] if c["kind"] == "LIF" else c["tau_mem"], dt)
+    assert (float(back_du), float(back_dv)) == (du, dv)
+    # any other decay within two ulps (one from the nudge of tau, one from the snap)
+    c = to_continuous(LIFParams(du=du_f, dv=0.5), dt)
+    back = float(to_discrete(c.get("tau_syn"), None, dt)[0]) if c["kind"] == "CubaLIF" else 1.0
+    assert abs(back - du_f) <= 2 * np.spacing(du_f)
