@@ -93,7 +93,7 @@ def _backend(scores: np.ndarray, y: np.ndarray, wall: float, n: int, timing: dic
 
 def format_report(r: dict) -> str:
     """The readable table ``spikeprop verify`` prints."""
-    names = {"float": "float network (float64)", "emulator": "fixed-point emulator (int64)",
+    names = {"float": "float network (float64)", "emulator": "fixed-point emulator",
              "lava_fixed_pt": "Lava CPU, fixed_pt", "lava_floating_pt": "Lava CPU, floating_pt"}
     lines = [f"{r['samples']} {r['dataset']} test samples, T={r['steps']}, encoding {r['encoding']}, "
              f"quantize {r['quantize']}", "",
