@@ -22,15 +22,26 @@ from pathlib import Path
 import torch
 
 from spikeprop import runs
-from spikeprop.analysis import analyze_run
+from spikeprop.analysis import analyze, analyze_run, json_safe
 from spikeprop.cli import main as spikeprop_main
 from spikeprop.rules import RULES
 
-COLORS = {"sigprop": "tab:blue", "ff": "tab:green", "bptt": "tab:red"}
+COLORS = {"sigprop": "tab:blue", "ff": "tab:green", "ff+label": "yellowgreen", "bptt": "tab:red"}
 
 
 def fmt(x, digits=3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def ff_with_true_label(run_dir: Path, limit: int) -> dict:
+    """FF's hidden activity when the input carries the sample's true label (its positive data)."""
+    from spikeprop.train import load_run
+
+    config, ds, net, rule, _ = load_run(run_dir)
+    summary, _ = analyze(net, rule, ds, limit=limit, device=config.device, drive=lambda x, y: rule._encode(x, y))
+    summary = json_safe(summary)
+    runs.write_json(run_dir / "analysis-true-label.json", summary)
+    return summary
 
 
 def train_run(rule: str, args, run_dir: Path) -> None:
@@ -69,7 +80,7 @@ def figure(results: dict[str, dict], summaries: dict[str, dict], path: Path, tit
 
     panels = (("hoyer_counts", "Hoyer sparsity of spike counts"), ("hoyer_voltage", "Hoyer sparsity of voltage (rectified)"),
               ("firing_rate", "firing rate (spikes / neuron / step)"), ("jaccard", "voltage class-ensemble overlap (mean Jaccard)"))
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.0))
     n_rules = len(results)
     width = 0.8 / n_rules
     for ax, (key, name) in zip(axes, panels):
@@ -84,9 +95,10 @@ def figure(results: dict[str, dict], summaries: dict[str, dict], path: Path, tit
         ax.set_xlabel("hidden layer")
         ax.set_title(name, fontsize=10)
         ax.set_ylim(0, 1 if key != "firing_rate" else None)
-    axes[0].legend(fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -115,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         train_run(rule, args, run_dir)
         results[rule] = analyze_run(run_dir, limit=args.limit)
         summaries[rule] = runs.read_json(run_dir / runs.SUMMARY)
+        if rule == "ff":  # FF's goodness decision sees the image with a label written in: analyse that too
+            results["ff+label"], summaries["ff+label"] = ff_with_true_label(run_dir, args.limit), summaries[rule]
     if not results:
         print("no rule to compare", file=sys.stderr)
         return 1

@@ -96,11 +96,12 @@ def inference_input(rule, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect(net: Network, drive: Callable[[torch.Tensor], torch.Tensor], predict: Callable[[torch.Tensor], torch.Tensor],
-            ds: Dataset, limit: int = 1000, device: str = "cpu", batch_size: int = 250) -> dict:
-    """Per-sample activity of the first ``limit`` test samples.
+def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, limit: int = 1000, device: str = "cpu",
+            batch_size: int = 250) -> dict:
+    """Per-sample activity of the first ``limit`` test samples; ``drive(x, y)`` gives the network's input.
 
-    Returns counts and rectified-free mean voltages per layer ([N, n] each), labels, predictions,
+    Returns counts and (unrectified) mean voltages per layer ([N, n] each), labels, predictions,
     the raster ([T, n] per layer) of sample 0, SynOps per sample and T.
     """
     x_all, y_all = ds.test_x[:limit], ds.test_y[:limit]
@@ -111,7 +112,7 @@ def collect(net: Network, drive: Callable[[torch.Tensor], torch.Tensor], predict
     preds, ops, raster, T = [], 0.0, None, None
     for i in range(0, len(x_all), batch_size):
         x = ds.intensities(x_all[i : i + batch_size]).to(device)
-        xin = drive(x)
+        xin = drive(x, y_all[i : i + batch_size].to(device))
         T = xin.shape[0]
         v_sum: dict[int, torch.Tensor] = {}
 
@@ -265,9 +266,11 @@ def plot_ensembles(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def analyze(net: Network, rule, ds: Dataset, *, limit: int = 1000, device: str = "cpu") -> tuple[dict, dict]:
-    """(summary, raw arrays) of ``net`` driven as ``rule`` drives it at inference."""
-    data = collect(net, lambda x: inference_input(rule, x), rule.predict, ds, limit=limit, device=device)
+def analyze(net: Network, rule, ds: Dataset, *, limit: int = 1000, device: str = "cpu",
+            drive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> tuple[dict, dict]:
+    """(summary, raw arrays) of ``net`` driven as ``rule`` drives it at inference (or by ``drive(x, y)``)."""
+    drive = drive or (lambda x, y: inference_input(rule, x))
+    data = collect(net, drive, rule.predict, ds, limit=limit, device=device)
     return summarize(data, ds.n_classes), data
 
 
