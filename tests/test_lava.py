@@ -115,7 +115,7 @@ def test_float_network_equals_lava_floating_pt():
     assert np.allclose(res.v_out, T * ref.logits.detach().numpy(), rtol=1e-9, atol=1e-9)
 
 
-def test_trained_digits_network_verifies(tmp_path, capsys):
+def test_trained_digits_network_verifies(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "--rule", "sigprop", "--epochs", "2", "--hidden", "64", "--quantize", "loihi",
                  "--out", str(run), "--no-progress"]) == 0
@@ -133,6 +133,18 @@ def test_trained_digits_network_verifies(tmp_path, capsys):
     assert main(["export", str(run), "--to", "lava", "--out", str(out_file)]) == 0
     fnet = loihi.load(out_file)
     assert fnet.header()["layers"] == report["layers"]
+    # verify fails (status 1) when the emulator and Lava disagree: here, one emulated spike flipped
+    from hardware import _verify
+
+    def flipped(*args, **kwargs):
+        res = loihi.emulate(*args, **kwargs)
+        res.spikes[0][0, 0, 0] = ~res.spikes[0][0, 0, 0]
+        return res
+
+    monkeypatch.setattr(_verify, "emulate", flipped)
+    capsys.readouterr()
+    assert main(["verify", str(run), "--limit", "3"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
 
 
 def our_processes(marker: str) -> list[str]:
