@@ -78,6 +78,8 @@ BIAS_EXP_MAX = 7  # bias_exp: unsigned 3-bit
 ACT_MAX = 2**17  # |a| below this keeps a << 6 inside u's 24 bits (no wrap), lava.md §1.3
 MESSAGE_BITS_MAX = 24  # graded spikes carry up to 24-bit payloads on Loihi 2
 
+FLOAT_UNREACHABLE = 1e300  # the floating_pt read-out's threshold: never crossed
+
 # Headroom: the calibrated peak of |u| and |v| may use half of the 24-bit range, so samples
 # brighter than the calibration set have a factor 2 before u wraps or v saturates (§4.2).
 HEADROOM_BITS = 1
@@ -548,8 +550,6 @@ def float_layers(net: Network) -> tuple[list[Layer], Layer]:
                     np.zeros(w_out.shape[0], dtype=np.int32))
     return layers, readout
 
-
-FLOAT_UNREACHABLE = 1e300  # the float read-out's threshold: never crossed
 
 
 # --------------------------------------------------------------------------------------------
