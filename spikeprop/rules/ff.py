@@ -11,6 +11,7 @@ membrane (``v`` in units of ``vth``, mean over the layer's n neurons)::
     mean  G = mean_j relu(z_j / vth)^2,  z = mean_t v_pre[t]   (exact traces, memory flat in T)
 
     L_l = mean_b [ softplus(alpha (theta - G_pos)) + softplus(alpha (G_neg - theta)) ]
+    (--ff-loss symba: L_l = mean_b softplus(alpha (G_neg - G_pos)), no threshold)
 
 All layers update on every batch from the sum of their losses. Layers read detached spikes and
 the spikes and reset amounts are constants (``reset_grad='constant'``), so each loss reaches only
