@@ -105,7 +105,7 @@ def lif_step(
         constant, so ``dv/dW`` flows on through resets and is the presynaptic eligibility trace.
     The forward values are identical for both.
     """
-    u = state.u * (1.0 - params.du) + a_in
+    u = a_in if params.du == 1.0 else state.u * (1.0 - params.du) + a_in  # du = 1: u forgets
     v_pre = state.v * (1.0 - params.dv) + u
     if bias is not None:
         v_pre = v_pre + bias

@@ -27,10 +27,13 @@ def test_threshold_representation_is_centred_and_bounded():
 
 
 class AutogradSigProp(SigProp):
-    """Reference: the same local losses, differentiated by autograd through the unrolled loop."""
+    """Reference: the same local losses, differentiated by autograd through the unrolled loop,
+    with a per-sample target stream (the rule runs it once per class)."""
 
-    def _voltage_grads(self, xin, cin, y):
+    def _voltage_grads(self, xin, y):
         net, T = self.net, xin.shape[0]
+        c = torch.nn.functional.one_hot(y, net.sizes[-1]).to(xin.dtype)
+        cin = c.unsqueeze(0).expand(T, *c.shape)
         sums = {}
 
         def collect(stream):

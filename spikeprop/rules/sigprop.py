@@ -91,18 +91,24 @@ class SigProp(Rule):
         self.optimizer = torch.optim.Adam(self.hidden_params, lr=config.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
-    def _targets(self, y: torch.Tensor, T: int, like: torch.Tensor) -> torch.Tensor:
-        c = F.one_hot(y, self.net.sizes[-1]).to(like.dtype)
-        return c.unsqueeze(0).expand(T, *c.shape)
+    def _class_targets(self, T: int, like: torch.Tensor) -> torch.Tensor:
+        """The target stream's input for every class once: one-hot rows [T, C, C], constant in time.
+
+        The target stream is a deterministic function of the label (no encoder noise reaches it),
+        so it runs on the C classes and each sample reads its class's row: the same values and
+        gradients as a per-sample stream at a fraction of the cost.
+        """
+        C = self.net.sizes[-1]
+        c = torch.eye(C, dtype=like.dtype, device=like.device)
+        return c.unsqueeze(0).expand(T, C, C)
 
     def train_step(self, x, y):
         xin = self.encoder(x)
-        cin = self._targets(y, xin.shape[0], xin)
         self.optimizer.zero_grad(set_to_none=True)
         if self.options["variant"] == "voltage":
-            losses, matches, counts = self._voltage_grads(xin, cin, y)
+            losses, matches, counts = self._voltage_grads(xin, y)
         else:
-            losses, matches, counts = self._surrogate_grads(xin, cin, y)
+            losses, matches, counts = self._surrogate_grads(xin, y)
         self.optimizer.step()
         logits = self.net.readout(counts[-1].detach() / xin.shape[0])
         readout_loss = F.cross_entropy(logits, y)
@@ -120,8 +126,9 @@ class SigProp(Rule):
         vth, rep = self.net.params[layer].vth, self.options["rep"]
         return sigprop_loss(represent(z_h, vth, rep), represent(z_t, vth, rep), y, self.options["tau"])
 
-    def _voltage_grads(self, xin, cin, y):
+    def _voltage_grads(self, xin, y):
         net = self.net
+        cin = self._class_targets(xin.shape[0], xin)
         with torch.no_grad():
             # Direct encoding and the label stream are constant in time: layer 1's trace is a scalar.
             tr_h = MembraneTraces(net.params, constant_input=xin.stride(0) == 0)
@@ -131,8 +138,8 @@ class SigProp(Rule):
         losses, matches = [], []
         for layer in range(net.n_layers):
             z_h = tr_h.mean_v(layer).requires_grad_(True)
-            z_t = tr_t.mean_v(layer).requires_grad_(True)
-            loss, match = self._layer_loss(layer, z_h, z_t, y)
+            z_t = tr_t.mean_v(layer).requires_grad_(True)  # [C, n]: one row per class
+            loss, match = self._layer_loss(layer, z_h, z_t[y], y)
             dz_h, dz_t = torch.autograd.grad(loss, (z_h, z_t))
             with torch.no_grad():
                 gw_h = tr_h.weight_grad(layer, dz_h)
@@ -147,9 +154,10 @@ class SigProp(Rule):
             matches.append(match)
         return losses, matches, res.counts
 
-    def _surrogate_grads(self, xin, cin, y):
+    def _surrogate_grads(self, xin, y):
         net = self.net
         T = xin.shape[0]
+        cin = self._class_targets(T, xin)
         sums = {}
 
         def collect(stream):
@@ -162,7 +170,7 @@ class SigProp(Rule):
         simulate(net, cin, reset_grad="constant", observer=collect("t"), first_weight=self.S1)
         losses, matches, total = [], [], 0.0
         for layer in range(net.n_layers):
-            loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer] / T, y, self.options["tau"])
+            loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer][y] / T, y, self.options["tau"])
             total = total + loss
             losses.append(loss.detach())
             matches.append(match)
