@@ -75,7 +75,6 @@ def _spikeprop_step(rule: str, T: int, device: str):
     from spikeprop.config import TrainConfig
     from spikeprop.encoders import Encoder
     from spikeprop.network import Network
-
     from spikeprop.rules import RULES
 
     config = TrainConfig(rule=rule, steps=T, hidden=SIZES[1:-1], lr=5e-4, device=device)
