@@ -41,7 +41,6 @@ def _add_train(sub) -> None:
         "train", help="train a network into a run directory",
         description="Train a LIF network with a learning rule. Defaults come from the dataset's recipe "
                     "(models/), then --config FILE.toml, then these flags.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--rule", choices=sorted(RULES), help="learning rule (default: sigprop)")
     p.add_argument("--neurons", choices=NEURON_KINDS, help="lif: Lava LIF; if: Lava LIF with dv=0 (default: lif)")
