@@ -172,6 +172,7 @@ def table(rows: list[dict], steps: list[int], impls: list[str]) -> str:
 
 def plot(rows: list[dict], impls: list[str], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,7 +187,11 @@ def plot(rows: list[dict], impls: list[str], path: Path) -> None:
         ax2.plot(Ts, [p[2] for p in pts], "o-", label=impl)
     ax1.set(xlabel="time steps T", ylabel="peak resident memory (MiB)", title="memory vs T", xscale="log")
     ax2.set(xlabel="time steps T", ylabel="training samples / s", title="throughput vs T", xscale="log", yscale="log")
+    Ts = sorted({r["T"] for r in rows})
     for ax in (ax1, ax2):
+        ax.set_xticks(Ts)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"784-1000-10 LIF, batch {BATCH}")
