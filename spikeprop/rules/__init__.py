@@ -66,6 +66,16 @@ class Rule:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return simulate(self.net, self.encoder(x)).logits
 
+    @staticmethod
+    def apply_gradients(compute, *optimizers: torch.optim.Optimizer) -> dict[str, float]:
+        """Zero the optimizers' gradients, run ``compute()`` (it sets ``.grad`` and returns metrics), step them."""
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        metrics = compute()
+        for opt in optimizers:
+            opt.step()
+        return metrics
+
     # Everything a rule needs to resume exactly: optimizers, extra tensors, generators.
     def state_dict(self) -> dict:
         return {}

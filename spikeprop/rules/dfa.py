@@ -105,12 +105,7 @@ class FeedbackRule(Rule):
         return {"loss": float(loss), "train_accuracy": float((logits.argmax(1) == y).float().mean())}
 
     def train_step(self, x, y, index=None):
-        self.optimizer.zero_grad(set_to_none=True)
-        self.readout_optimizer.zero_grad(set_to_none=True)
-        metrics = self.gradients(x, y, index)
-        self.optimizer.step()
-        self.readout_optimizer.step()
-        return metrics
+        return self.apply_gradients(lambda: self.gradients(x, y, index), self.optimizer, self.readout_optimizer)
 
     def state_dict(self):
         return {"B": [b.clone() for b in self.B], "optimizer": self.optimizer.state_dict(),

@@ -151,12 +151,7 @@ class ForwardForward(Rule):
         return metrics
 
     def train_step(self, x, y):
-        self.optimizer.zero_grad(set_to_none=True)
-        self.readout_optimizer.zero_grad(set_to_none=True)
-        metrics = self.gradients(x, y)
-        self.optimizer.step()
-        self.readout_optimizer.step()
-        return metrics
+        return self.apply_gradients(lambda: self.gradients(x, y), self.optimizer, self.readout_optimizer)
 
     @torch.no_grad()
     def predict(self, x):

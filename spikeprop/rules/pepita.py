@@ -161,12 +161,7 @@ class PEPITA(Rule):
             self.mirror()
             if self.steps <= self.options["wm_pre_steps"]:
                 return {}
-        self.optimizer.zero_grad(set_to_none=True)
-        self.readout_optimizer.zero_grad(set_to_none=True)
-        metrics = self.gradients(x, y)
-        self.optimizer.step()
-        self.readout_optimizer.step()
-        return metrics
+        return self.apply_gradients(lambda: self.gradients(x, y), self.optimizer, self.readout_optimizer)
 
     def state_dict(self):
         return {"B": [b.clone() for b in self.B], "steps": self.steps, "generator": self.generator.get_state(),
