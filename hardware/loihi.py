@@ -145,7 +145,11 @@ class FixedNetwork:
                 "source": self.source or {}}
 
     def payload(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoded input x [T, B, n_in] (currents in [0, 1] or 0/1 spikes) -> int64 payload."""
+        """Encoded input x [T, B, n_in] (currents in [0, 1] or 0/1 spikes) -> int64 payload.
+
+        An input repeated over time (direct encoding: a stride-0 time axis) stays a view."""
+        if x.dim() == 3 and x.shape[0] > 1 and x.stride(0) == 0:
+            return self.payload(x[:1]).expand(x.shape)
         if self.graded_input:
             return torch.round(x.double() * self.input_scale).to(torch.int64)
         return (x != 0).to(torch.int64)
@@ -459,14 +463,76 @@ def bias_v(layer: Layer, device=None) -> torch.Tensor:
     return torch.as_tensor(b, dtype=EXACT, device=device)
 
 
-def _dense(s: torch.Tensor, w: torch.Tensor, gemm_dtype: torch.dtype, weight_exp: int, may_wrap: bool) -> torch.Tensor:
-    """Lava's fixed_pt Dense: (W·s) shifted by weight_exp (floor for e < 0), sent through an int32 channel.
+class Gemm(NamedTuple):
+    """One layer's Dense as the emulator multiplies it (``gemm_for``).
 
-    The GEMM runs in a float type that is exact for these magnitudes (integers below 2**24 in
-    float32, 2**53 in float64); ``may_wrap`` is False when no row sum can reach 2**31."""
-    a = F.linear(s.to(gemm_dtype), w).to(EXACT)
-    a = a * 2**weight_exp if weight_exp >= 0 else torch.floor(a * 2.0**weight_exp)
-    return _wrap32(a) if may_wrap else a
+    int8: ``w`` is W / 2 transposed as int8 [n_in, n_out] (Loihi weights are even, in [-256, 254])
+    for ``torch._int_mm`` with int32 accumulation, the input shifted by ``-offset`` into int8
+    and ``correction`` = offset · row sums of W / 2 added back; otherwise ``w`` is W [n_out, n_in]
+    in a float type exact for the sums. Either way the products are exact integers.
+    """
+
+    w: torch.Tensor
+    int8: bool
+    offset: int
+    correction: torch.Tensor | None
+    weight_exp: int
+    may_wrap: bool  # some |W·s| << weight_exp can reach 2**31 (Lava's int32 channel wraps)
+
+
+def _weights_info(layer: Layer, device) -> dict:
+    """Per-layer facts about the weights that every ``emulate`` call needs, computed once per Layer
+    and device (a Layer is immutable; its arrays are never changed in place)."""
+    cache = layer.__dict__.setdefault("_emulator_cache", {})
+    key = str(torch.device(device or "cpu"))
+    if key not in cache:
+        w = np.asarray(layer.weights, dtype=np.int64)
+        info = {"abs_row_max": int(np.abs(w).sum(1).max()) if w.size else 0,
+                "even": bool(w.size) and not (w & 1).any() and int(w.min()) >= -256 and int(w.max()) <= 254,
+                "n_in": w.shape[1], "w": torch.as_tensor(w, device=device)}
+        if info["even"]:
+            half = w >> 1
+            info["half_t"] = torch.as_tensor(np.ascontiguousarray(half.T.astype(np.int8)), device=device)
+            info["half_rowsum"] = torch.as_tensor(half.sum(1), device=device)
+        cache[key] = info
+    return cache[key]
+
+
+def gemm_for(layer: Layer, in_min: int, in_max: int, device=None) -> Gemm:
+    """The exact multiplication of ``layer``'s Dense for inputs in [in_min, in_max]."""
+    info = _weights_info(layer, device)
+    bound = info["abs_row_max"] * max(abs(in_min), abs(in_max))  # the largest |W·s|
+    may_wrap = bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1)
+    offset = 0 if -128 <= in_min and in_max <= 127 else 128 if 0 <= in_min and in_max <= 255 else None
+    cpu = torch.device(device or "cpu").type == "cpu"
+    if info["even"] and offset is not None and info["n_in"] * 128 * 128 < 2**31 and cpu:
+        correction = offset * info["half_rowsum"] if offset else None
+        return Gemm(info["half_t"], True, offset, correction, layer.weight_exp, may_wrap)
+    gemm = torch.float32 if bound < 2**24 else torch.float64
+    return Gemm(info["w"].to(gemm), False, 0, None, layer.weight_exp, may_wrap)
+
+
+def _product(s: torch.Tensor, g: Gemm) -> torch.Tensor:
+    """W·s [B, n_out] exactly (float64 holding integers), s [B, n_in] integer-valued."""
+    if not g.int8 or s.shape[0] == 0:
+        w = g.w.t().to(torch.float64) if g.int8 else g.w
+        return F.linear(s.to(w.dtype), w).to(EXACT) * (2 if g.int8 else 1)
+    x = (s - g.offset).to(torch.int8) if g.offset else s.to(torch.int8)
+    acc = torch._int_mm(x, g.w).to(EXACT)
+    return 2 * (acc + g.correction if g.correction is not None else acc)
+
+
+def _shift(p: torch.Tensor, g: Gemm) -> torch.Tensor:
+    """Lava's fixed_pt Dense output from the product W·s: shifted by weight_exp (floor for e < 0),
+    sent through an int32 channel (wrapping only where ``g.may_wrap``)."""
+    e = g.weight_exp
+    a = p * 2**e if e >= 0 else torch.floor(p * 2.0**e)
+    return _wrap32(a) if g.may_wrap else a
+
+
+def _dense(s: torch.Tensor, g: Gemm) -> torch.Tensor:
+    """Lava's fixed_pt Dense on s [B, n_in]: (W·s) shifted by weight_exp, through an int32 channel."""
+    return _shift(_product(s, g), g)
 
 
 class EmuResult(NamedTuple):
@@ -485,38 +551,118 @@ class EmuResult(NamedTuple):
     v: list[torch.Tensor] | None = None
 
 
+def _voltage_after(c: int, k: int, keep_v: int, vth_v: int) -> bool:
+    """Whether a neuron driven by the constant integer ``c`` from v = 0 is above ``vth_v`` after
+    ``k`` steps without a spike in between: v_j = clip(trunc0(v_{j-1} keep_v / 4096) + c)."""
+    v = 0
+    for _ in range(k):
+        q = abs(v) * keep_v >> DECAY_SHIFT
+        v = max(-(UV_LIMIT - 1), min(UV_LIMIT - 1, (q if v >= 0 else -q) + c))
+    return v > vth_v
+
+
+def crossing_drives(layer: Layer, T: int) -> list[float]:
+    """``C_k`` for k = 1 .. T: the least constant drive c (= (a << 6) + bias) that makes a neuron
+    of ``layer`` spike within its first k steps from v = 0 (inf: none within k).
+
+    v_k(c) is non-decreasing in c (a composition of non-decreasing maps), so the drives that cross
+    the threshold at step k form an up-set [c_k, inf), found by bisection; C_k = min_{j <= k} c_j.
+    """
+    keep_v, vth_v = DECAY_UNIT - int(layer.dv), int(layer.vth) << VTH_SHIFT
+    hi = 2 * UV_LIMIT  # |c| < 2**24: |a << 6| and |bias| stay below 2**23 on this path
+    out, best = [], math.inf
+    for k in range(1, T + 1):
+        if _voltage_after(hi, k, keep_v, vth_v):
+            lo, top = -hi, hi  # invariant: v_k(lo) <= vth (or lo = -2**24), v_k(top) > vth
+            while top - lo > 1:
+                mid = (lo + top) // 2
+                lo, top = (lo, mid) if _voltage_after(mid, k, keep_v, vth_v) else (mid, top)
+            best = min(best, top)
+        out.append(best)
+    return out
+
+
+def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm, T: int) -> torch.Tensor | None:
+    """For a first layer driven by a constant Dense output ``a`` [B, n]: ``within`` [T, B, n] (bool),
+    ``within[k - 1]`` true where the neuron's first spike comes at step k or earlier (1-based);
+    None where this closed form does not apply.
+
+    With a memoryless current (du = 4095, so u = a << 6 every step) and nothing wrapping, each
+    neuron sees the same drive c = (a << 6) + bias at every step and Lava resets v to 0 on a spike:
+    its voltage restarts the same sequence, so it spikes at steps k, 2k, ... where k is its first
+    crossing step, ``min{k: c >= C_k}`` (``crossing_drives``; ``periodic_trains`` expands them).
+    This is what T steps of ``fixed_lif_step`` compute (tests/test_loihi.py checks the two
+    against each other, tests/test_lava.py against Lava).
+    """
+    if DECAY_UNIT - (int(layer.du) + DU_OFFSET) != 0 or T < 1:
+        return None
+    u = a * 2**ACT_SHIFT
+    if g.may_wrap or (u.numel() and _outside(u, UV_LIMIT)) or (bias.numel() and _outside(bias, UV_LIMIT)):
+        return None
+    # |c| < 2**24: exact in float32, as are the C_k (integers of at most 2**24, or inf)
+    c = (u + bias).to(torch.float32)
+    drives = torch.tensor(crossing_drives(layer, T), dtype=torch.float32, device=a.device).view(T, 1, 1)
+    within = c.unsqueeze(0) >= drives  # within[k - 1]: first spike at step <= k (grows with k)
+    return within
+
+
+def periodic_trains(within: torch.Tensor) -> torch.Tensor:
+    """Spike trains [T, B, n] (bool) from ``first_spike_steps``: a spike at step t (1-based)
+    wherever the first-spike step k divides t."""
+    T = within.shape[0]
+    first = within.clone()
+    first[1:] ^= within[:-1]  # exactly at step k
+    out = torch.zeros_like(first)
+    for k in range(1, T + 1):
+        out[k - 1 :: k] |= first[k - 1]
+    return out
+
+
 @torch.no_grad()
 def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) -> EmuResult:
     """Run ``fnet`` bit-exactly on payload [T, B, n_in] (ints: graded payloads or 0/1), from zero state.
 
     Every layer starts its sample from u = v = 0 (Lava: LIFReset at the sample's first step),
     so the result equals Lava's fixed_pt run of the same samples back to back (hardware.lava).
+    Without ``record``, a first layer with a constant input and a memoryless current (direct
+    encoding, the recipes' du = 1) is computed in closed form (``first_spike_steps``) and the
+    next Dense multiplies once per first-spike step k instead of once per time step: its input at
+    step t is the sum of the one-hot masks of the divisors k of t, and W is linear.
     """
     if payload.dim() != 3 or payload.shape[2] != fnet.layers[0].n_in:
         raise SpikepropError(f"payload must be [T, B, {fnet.layers[0].n_in}]; got {tuple(payload.shape)}")
     T, B, _ = payload.shape
     device = payload.device
     all_layers = [*fnet.layers, fnet.readout]
-    max_in = int(payload.abs().max()) if payload.numel() else 0
-    dense, overflow = [], []
-    for i, layer in enumerate(all_layers):
-        in_max = max_in if i == 0 else 1
-        w = torch.as_tensor(layer.weights, device=device).to(torch.int64)
-        bound = int(w.abs().sum(1).max()) * in_max if w.numel() else 0  # the largest possible |W·s|
-        gemm = torch.float32 if bound < 2**24 else torch.float64
-        a_bound = bound * 2 ** max(layer.weight_exp, 0)
-        dense.append((w.to(gemm), gemm, layer.weight_exp, a_bound >= 2 ** (INT32_BITS - 1)))
-        overflow.append(a_bound >= 2 ** (INT32_BITS - 1 - ACT_SHIFT))
+    constant = payload.stride(0) == 0 or bool((payload == payload[:1]).all())
+    seen = payload[:1] if constant else payload
+    in_min, in_max = (int(seen.min()), int(seen.max())) if seen.numel() else (0, 0)
+    gemms = [gemm_for(layer, in_min, in_max, device) if i == 0 else gemm_for(layer, 0, 1, device)
+             for i, layer in enumerate(all_layers)]
+    overflow = [g.may_wrap or _may_overflow_u(layer, in_min, in_max if i == 0 else 1) for i, (g, layer) in
+                enumerate(zip(gemms, all_layers))]
     biases = [bias_v(la, device) for la in all_layers]
     states = [LIFState.zeros(B, la.n_out, device=device, dtype=EXACT) for la in all_layers]
     rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
-    constant = payload.stride(0) == 0 or bool((payload == payload[:1]).all())
-    a_first = _dense(payload[0], *dense[0]) if constant else None
+    a_first = _dense(payload[0], gemms[0]) if constant else None
+    start = 0  # the first layer the step loop runs
+    a_given = None  # that layer's Dense output for every step [T, B, n], when computed up front
+    if a_first is not None:
+        within = None if record else first_spike_steps(a_first, all_layers[0], biases[0], gemms[0], T)
+        if within is not None:
+            g = gemms[1]
+            # W·within_k - W·within_{k-1} = W·(first spike exactly at k); input at t = sum over k | t
+            cum = _product(within.view(torch.int8 if g.int8 else torch.bool).reshape(T * B, -1), g).view(T, B, -1)
+            per_k = torch.cat([cum[:1], cum[1:] - cum[:-1]])
+            per_t = [sum(per_k[k - 1] for k in range(1, t + 1) if t % k == 0) for t in range(1, T + 1)]
+            start, a_given = 1, _shift(torch.stack(per_t), g)
+        else:
+            a_given = a_first.expand(T, *a_first.shape)
     for t in range(T):
         s = payload[t]
-        for i, layer in enumerate(all_layers):
-            a = a_first if i == 0 and a_first is not None else _dense(s, *dense[i])
-            step = fixed_lif_step(a, states[i], layer, biases[i], overflow[i])
+        for i in range(start, len(all_layers)):
+            a = a_given[t] if i == start and a_given is not None else _dense(s, gemms[i])
+            step = fixed_lif_step(a, states[i], all_layers[i], biases[i], overflow[i])
             states[i] = step.state
             if record:
                 rec["s"][i].append(step.s)
@@ -530,6 +676,13 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     stack = {k: [torch.stack(r).to(torch.bool if k == "s" else torch.int64) for r in rows] for k, rows in rec.items()}
     counts = [s.sum(0) for s in stack["s"][:-1]]
     return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
+
+
+def _may_overflow_u(layer: Layer, in_min: int, in_max: int) -> bool:
+    """Whether some |a| of ``layer`` can reach 2**25, where Lava's int32 ``a << 6`` wraps."""
+    w = np.abs(np.asarray(layer.weights, dtype=np.int64))
+    bound = int(w.sum(1).max()) * max(abs(in_min), abs(in_max)) if w.size else 0
+    return bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1 - ACT_SHIFT)
 
 
 def float_layers(net: Network) -> tuple[list[Layer], Layer]:

@@ -58,6 +58,8 @@ def compare(fnet, payload, graded=False, input_bits=0):
         assert np.array_equal(emu.u[i].permute(1, 0, 2).numpy(), res.u[i]), f"u of layer {i + 1}"
         assert np.array_equal(emu.v[i].permute(1, 0, 2).numpy(), res.v[i]), f"v of layer {i + 1}"
     assert np.array_equal(emu.v_out.numpy(), res.v_out)
+    # the evaluation path (no recording: the closed-form first layer where it applies) too
+    assert np.array_equal(emulate(fnet, payload).v_out.numpy(), res.v_out)
     return res
 
 
@@ -79,6 +81,22 @@ def test_emulator_equals_lava_fixed_pt_with_graded_input():
     x = torch.as_tensor(rng.integers(0, 256, size=(5, 4, 10)))
     res = compare(fnet, x, graded=True, input_bits=8)
     assert res.spikes[0].any() and res.spikes[1].any()
+
+
+def test_closed_form_emulator_equals_lava_on_constant_graded_input():
+    # Direct encoding with a memoryless current (du = 4095), the recipes' case: the evaluation
+    # path computes the first layer's spike trains in closed form (hardware.loihi.first_spike_steps).
+    rng = np.random.default_rng(10)
+    first = rand_layer(rng, 10, 12, -3, vth_max=2000, bias=2000)
+    first = Layer(first.weights, first.weight_exp, 4095, first.dv, first.vth, first.bias_mant, first.bias_exp)
+    fnet = FixedNetwork((first, rand_layer(rng, 12, 6, 1, vth_max=80)), readout_layer(rng, 6, 4, -2), 9, "direct", True,
+                        255.0, 8)
+    x = torch.as_tensor(rng.integers(0, 256, size=(1, 5, 10))).expand(9, 5, 10)
+    g = loihi.gemm_for(first, 0, 255)
+    assert g.int8 and loihi.first_spike_steps(loihi._dense(x[0], g), first, loihi.bias_v(first), g, 9) is not None
+    res = compare(fnet, x, graded=True, input_bits=8)
+    counts = res.spikes[0].sum(1)
+    assert counts.max() > 1 and (counts == 0).any()  # periodic spikers and silent neurons
 
 
 def test_emulator_equals_lava_fixed_pt_at_the_edges():

@@ -237,3 +237,59 @@ def test_export_refuses_a_network_that_does_not_fit(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists()
     assert main(["export", str(tiny_run), "--to", "lava", "--out", str(tmp_path / "ok.npz")]) == 0
     assert loihi.load(tmp_path / "ok.npz").layers[0].n_out == 32
+
+
+def _constant_drive_net(rng, n_in, sizes, graded_max, *, dv=None, vth=None, bias_scale=4096):
+    """A random FixedNetwork whose first layer qualifies for the closed form (du = 4095)."""
+    layers, fan_in = [], n_in
+    for k, n in enumerate(sizes):
+        layers.append(int_layer(2 * rng.integers(-128, 128, size=(n, fan_in)), e=int(rng.integers(-7, 1 if graded_max > 16 else 3)),
+                                du=4095 if k == 0 else int(rng.integers(0, 4096)),
+                                dv=int(rng.integers(0, 4096)) if dv is None else dv,
+                                vth=int(rng.integers(1, 3000)) if vth is None else vth,
+                                bias=rng.integers(-bias_scale, bias_scale, size=n), bias_exp=rng.integers(0, 8, size=n)))
+        fan_in = n
+    readout = int_layer(2 * rng.integers(-128, 128, size=(3, fan_in)), dv=0, vth=loihi.VTH_MAX)
+    return FixedNetwork(tuple(layers), readout, 1, "direct", True, 1.0, graded_max.bit_length() + 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 100_000), depth=st.integers(1, 2), T=st.integers(1, 12), graded_max=st.sampled_from([1, 16, 255]),
+       dv=st.sampled_from([None, 0, 4095]), vth=st.sampled_from([None, 1, loihi.VTH_MAX]))
+def test_closed_form_first_layer_equals_the_step_loop(seed, depth, T, graded_max, dv, vth):
+    # The evaluation path (record=False) replaces the first layer's T steps by its closed-form
+    # spike trains; the recorded path (the one tests/test_lava.py checks against Lava) steps.
+    rng = np.random.default_rng(seed)
+    fnet = _constant_drive_net(rng, 6, [9, 7][:depth], graded_max, dv=dv, vth=vth)
+    x = torch.as_tensor(rng.integers(-graded_max, graded_max + 1, size=(1, 5, 6))).expand(T, 5, 6)
+    stepped = emulate(fnet, x, record=True)
+    g = loihi.gemm_for(fnet.layers[0], int(x.min()), int(x.max()))
+    a, bias = loihi._dense(x[0], g), loihi.bias_v(fnet.layers[0])
+    first = loihi.first_spike_steps(a, fnet.layers[0], bias, g, T)
+    fits = bool((a.abs() * 64 < loihi.UV_LIMIT).all() and (bias.abs() < loihi.UV_LIMIT).all()) and not g.may_wrap
+    assert (first is not None) == fits  # where u would wrap, the step loop runs instead
+    if first is not None:
+        assert torch.equal(loihi.periodic_trains(first), stepped.spikes[0])
+    assert torch.equal(emulate(fnet, x).v_out, stepped.v_out)
+
+
+def test_closed_form_at_exact_threshold_ties_and_the_voltage_rail():
+    # Drives around each crossing value C_k (ties: v lands exactly on 64·vth), the largest drives
+    # (v clipped at the rail) and the most negative ones: the first spike step of the closed form
+    # equals the step loop's for every one of them.
+    layer = int_layer(np.ones((1, 1)), du=4095, dv=700, vth=900)
+    T = 10
+    drives = [c for c in loihi.crossing_drives(layer, T) if math.isfinite(c)]
+    assert drives == sorted(drives, reverse=True) and len(drives) == T
+    c = torch.tensor(sorted({d + k for d in drives for k in (-1, 0, 1)} | {2**23 - 1, -(2**23) + 1, 0}), dtype=torch.float64)
+    n = len(c)  # one neuron per drive, the drive as its bias, no input
+    state = LIFState.zeros(1, n, dtype=torch.float64)
+    steps = []
+    for _ in range(T):
+        step = fixed_lif_step(torch.zeros(1, n, dtype=torch.float64), state, layer, c)
+        steps.append(step.s[0].bool())
+        state = step.state
+    g = loihi.gemm_for(layer, 0, 0)
+    first = loihi.first_spike_steps(torch.zeros(1, n, dtype=torch.float64), layer, c, g, T)
+    assert torch.equal(loihi.periodic_trains(first)[:, 0], torch.stack(steps))
+    assert len({tuple(col) for col in torch.stack(steps).t().tolist()}) > T  # many distinct trains
