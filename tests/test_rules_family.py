@@ -105,11 +105,12 @@ def test_f3_buffer_starts_as_the_target_then_delays_the_error():
     torch.testing.assert_close(one_hot.hidden_error(e1, y, index), torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.0, -0.5]]))
 
 
-@pytest.mark.parametrize("rep", ["threshold", "linear"])
-def test_pepita_matches_the_closed_form_of_a_silent_layer(rep):
-    """One layer below threshold: z = c_T W x with c_T = mean_t sum_{k<=t} (1-dv)^(t-k) (du = 1)."""
+@pytest.mark.parametrize("pre", ["err", "clean"])
+@pytest.mark.parametrize("rep", ["threshold", "linear", "current"])
+def test_pepita_matches_the_closed_form_of_a_silent_layer(rep, pre):
+    """One layer below threshold: z = c_T W x, mean_t u = W x, with c_T = mean_t sum_{k<=t} (1-dv)^(t-k) (du = 1)."""
     T, dv = 5, 0.2
-    rule = make_rule("pepita", sizes=(12, 9, 3), T=T, vth=50.0, dtype=torch.float64, rep=rep)
+    rule = make_rule("pepita", sizes=(12, 9, 3), T=T, vth=50.0, dtype=torch.float64, rep=rep, pre=pre)
     net = rule.net
     x, y = batch(dtype=torch.float64)
     B = len(y)
@@ -123,15 +124,17 @@ def test_pepita_matches_the_closed_form_of_a_silent_layer(rep):
     z1, z2 = c_T * x @ W.t(), c_T * x_err @ W.t()
     if rep == "threshold":
         dz = (surrogate_activation(z1, 50.0) - surrogate_activation(z2, 50.0)) * threshold_slope(z2, 50.0) / B
+    elif rep == "current":
+        dz = (e @ F_.t() @ W.t()) * threshold_slope(z1, 50.0) / B  # u - u_err = W F e: feedback alignment with W F
     else:
         dz = (z1 - z2) / B
-    torch.testing.assert_close(net.weights[0].grad, dz.t() @ (c_T * x_err))
+    torch.testing.assert_close(net.weights[0].grad, dz.t() @ (c_T * (x_err if pre == "err" else x)))
     assert float(net.weights[0].grad.abs().max()) > 0
     torch.testing.assert_close(net.readout.bias.grad, e.mean(0))
 
 
 def test_pepita_equals_autograd_through_the_membrane_of_pass_two():
-    rule = make_rule("pepita", rep="linear")
+    rule = make_rule("pepita", rep="linear", pre="err")
     net = rule.net
     x, y = batch()
     rule.gradients(x, y)
@@ -147,6 +150,59 @@ def test_pepita_equals_autograd_through_the_membrane_of_pass_two():
     want = torch.autograd.grad(loss, list(net.weights))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rep", ["current", "rate"])
+def test_pepita_current_and_rate_equal_autograd_through_the_membrane_of_pass_one(rep):
+    """Spiking layers: dz from the passes' mean currents u = W s_in (du = 1) or rates, traces of pass 1."""
+    rule = make_rule("pepita", rep=rep, pre="clean", F_scale=2.0)
+    net, T = rule.net, rule.config.steps
+    x, y = batch()
+    rule.gradients(x, y)
+    got = [w.grad.clone() for w in net.weights]
+    xin = rule.encoder(x)
+    with torch.no_grad():
+        _, res1 = membrane_reference(net, xin)
+        e = torch.softmax(res1.logits, 1) - F.one_hot(y, 3)
+        res2 = simulate(net, (x - e @ rule.F.t()).expand(T, *x.shape), reset_grad="constant", record=True)
+    z1, res1 = membrane_reference(net, xin)
+    assert all(float(c.sum()) > 0 for c in res1.counts)
+    dz = []
+    for layer, w in enumerate(net.weights):
+        if rep == "rate":
+            dz.append((res1.counts[layer] - res2.counts[layer]) / T)
+        else:
+            s1 = xin if layer == 0 else res1.spikes[layer - 1].detach()
+            s2 = res2.spikes[layer - 1] if layer else (x - e @ rule.F.t()).expand(T, *x.shape)
+            du = ((s1 - s2) @ w.detach().t()).mean(0)
+            dz.append(du * threshold_slope(z1[layer].detach(), net.params[layer].vth))
+    assert float(dz[0].abs().sum()) > 0
+    loss = sum((d * z).sum() for d, z in zip(dz, z1)) / len(y)
+    want = torch.autograd.grad(loss, list(net.weights))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_pepita_sgd_steps_with_momentum_and_resumes():
+    """optimizer sgd: W <- W - lr v, v <- momentum v + grad (torch's SGD); its buffers are checkpointed."""
+    rule = make_rule("pepita", optimizer="sgd", momentum=0.5)
+    x, y = batch()
+    W0 = rule.net.weights[0].detach().clone()
+    rule.train_step(x, y)
+    g1 = rule.net.weights[0].grad.clone()
+    torch.testing.assert_close(rule.net.weights[0].detach(), W0 - rule.config.lr * g1)
+    W1 = rule.net.weights[0].detach().clone()
+    state = {k: v for k, v in rule.state_dict().items()}
+    twin = make_rule("pepita", optimizer="sgd", momentum=0.5)
+    with torch.no_grad():
+        for a, b in zip(twin.net.parameters(), rule.net.parameters()):
+            a.copy_(b)
+    twin.load_state_dict(state)
+    rule.train_step(x, y)
+    twin.train_step(x, y)
+    g2 = rule.net.weights[0].grad
+    torch.testing.assert_close(rule.net.weights[0].detach(), W1 - rule.config.lr * (0.5 * g1 + g2))
+    torch.testing.assert_close(twin.net.weights[0].detach(), rule.net.weights[0].detach())
 
 
 def test_pepita_passes_share_the_encoder_randomness():
