@@ -19,8 +19,9 @@ RECIPES: dict[str, dict] = {
     # within 30 minutes on 2 cores.
     "fashion-mnist": {
         "hidden": (1000,), "steps": 10, "epochs": 20, "batch_size": 128, "dv": 0.15,
-        "lr": {"default": 5e-4, "dfa": 2e-3, "f3": 2e-3, "shallow": 1e-2},  # shallow: lr is its read-out's
-        "rule_options": {"sigprop": {"readout_lr": 1e-3}, "pepita": {"F_scale": 0.5}},
+        "lr": {"default": 5e-4, "dfa": 2e-3, "f3": 2e-3, "ff": 1e-3, "shallow": 1e-2},  # shallow: lr is its read-out's
+        "rule_options": {"sigprop": {"readout_lr": 1e-3}, "pepita": {"F_scale": 0.5},
+                         "ff": {"negatives": "hard", "label_scale": 4.0}},
     },
 }
 RECIPES["mnist"] = RECIPES["fashion-mnist"]

@@ -22,7 +22,7 @@ from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFParams
 from spikeprop.rules import RULES
 from spikeprop.rules.dfa import threshold_slope
-from spikeprop.rules.ff import overlay, wrong_labels
+from spikeprop.rules.ff import hard_wrong_labels, overlay, wrong_labels
 from spikeprop.rules.sigprop import surrogate_activation
 from spikeprop.train import build
 
@@ -286,6 +286,37 @@ def test_ff_labels():
     o = overlay(x, torch.tensor([2, 0, 1]), 10, 1.0)
     assert o[0, 2] == 1 and float(o[0, :10].sum()) == 1 and torch.equal(o[:, 10:], x[:, 10:])
     assert torch.allclose(overlay(x, None, 10, 1.0)[:, :10], torch.full((3, 10), 0.1))
+
+
+def test_ff_label_scale_above_one_is_a_direct_current():
+    """Direct encoding clamps intensities to [0, 1] but not the label: it enters at label_scale, constant in T."""
+    rule = make_rule("ff", sizes=(14, 8, 6, 3), label_scale=4.0)
+    x, _ = batch(n_in=14)
+    x[0, 5] = 1.5  # an image intensity is still clamped
+    xin = rule._encode(x, torch.tensor([2, 0, 1, 2, 0, 1]))
+    assert xin.shape == (5, 6, 14) and xin.stride(0) == 0
+    assert xin[3, 0, :3].tolist() == [0.0, 0.0, 4.0] and xin[3, 1, :3].tolist() == [4.0, 0.0, 0.0] and xin[0, 0, 5] == 1.0
+    torch.testing.assert_close(xin[:, :, 3:], x[:, 3:].clamp(0, 1).expand(5, 6, 11))
+    assert torch.allclose(rule._encode(x, None)[2, :, :3], torch.full((6, 3), 4.0 / 3))
+    rule = make_rule("ff", sizes=(14, 8, 6, 3), encoding="rate", label_scale=4.0)  # spikes stay binary
+    assert set(rule._encode(x, torch.zeros(6, dtype=torch.long)).unique().tolist()) <= {0.0, 1.0}
+
+
+def test_ff_hard_negatives_follow_the_readout_softmax_over_wrong_labels():
+    """p(c) = exp(s_c) / sum_{k != y} exp(s_k): scores (0, log 2, 0, -inf) with y = 0 give 2/3, 1/3, 0."""
+    n = 30000
+    y = torch.zeros(n, dtype=torch.long)
+    scores = torch.tensor([[5.0, math.log(2.0), 0.0, -1e9]]).expand(n, 4)  # the true label's score is ignored
+    y_neg = hard_wrong_labels(y, scores, torch.Generator().manual_seed(0))
+    freq = torch.bincount(y_neg, minlength=4).double() / n
+    assert freq[0] == 0 and freq[3] == 0 and abs(float(freq[1]) - 2 / 3) < 0.01 and abs(float(freq[2]) - 1 / 3) < 0.01
+    # a saturated softmax on the true label still gives a wrong one
+    assert bool((hard_wrong_labels(torch.tensor([1, 2]), torch.tensor([[0.0, 1e4, 0.0], [0.0, 0.0, 1e4]]),
+                                   torch.Generator().manual_seed(1)) != torch.tensor([1, 2])).all())
+    rule = make_rule("ff", sizes=(14, 8, 6, 3), negatives="hard")
+    x, y = batch(n_in=14)
+    metrics = rule.gradients(x, y)
+    assert math.isfinite(metrics["loss"]) and rule.net.weights[0].grad is not None
 
 
 def test_ff_predicts_by_goodness_over_labels_or_one_pass_readout():
