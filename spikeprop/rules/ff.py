@@ -42,8 +42,8 @@ encoding, batch 128; test accuracy after 1/2/3 epochs, goodness prediction, seed
 - Hard negatives from the read-out (above), not from C goodness passes: 73.4/80.2/81.8 % vs the
   uniform 76.2/78.4/- % at lr 5e-4 (at lr 1e-3: 75.7/81.5/83.0 %).
 - Together, with lr 1e-3 (the Fashion-MNIST recipe: ``label_scale`` 4, ``negatives`` hard, lr 1e-3):
-  82.8/84.0/84.1 % (lr 5e-4: 81.4/83.1/83.5 %); 20 epochs (seed 0, 48 s/epoch on one core): 86.8 %
-  at epoch 10, 87.95 % at 20 (uniform, scale 1, lr 5e-4: 85.0 %). Also measured and not adopted:
+  82.8/84.0/84.1 % (lr 5e-4: 81.4/83.1/83.5 %); 20 epochs (seeds 0/1, 48 s/epoch on one core): 86.8/86.5 %
+  at epoch 10, 87.95/87.82 % at 20 (uniform, scale 1, lr 5e-4: 85.0 %). Also measured and not adopted:
   lr 2e-3 alone 72.9/77.0/80.9 %; ``--ff-loss symba`` alone 71.6/77.5/78.9 %. The one-pass read-out
   on the neutral label is better than goodness with uniform negatives at scale 1 (81.5 vs 78.4 % at
   epoch 2) but worse with ``label_scale`` 4 (79.6 vs 82.7 % at epoch 3; hard: 82.2 vs 83.5 %), and
