@@ -271,7 +271,9 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
     w_out = _effective(net, net.readout.weight)
     b_out = net.readout.bias.detach().cpu().double().numpy()
     readout = _fixed_layer(w_out, b_out, 1.0, cal.readout_peak, None, 1.0, 0.0)
-    bits = max(1, math.ceil(math.log2(input_scale + 1))) if graded_input else 0
+    # currents above 1 (ff's label features with label_scale > C) need more payload bits
+    peak_in = max(1.0, float(calibration_x.abs().max())) if calibration_x.numel() else 1.0
+    bits = max(1, math.ceil(math.log2(round(input_scale * peak_in) + 1))) if graded_input else 0
     return FixedNetwork(tuple(layers), readout, int(calibration_x.shape[0]), encoding, graded_input,
                         float(input_scale), bits, source)
 
@@ -712,6 +714,20 @@ CALIBRATION_SAMPLES = 512  # training samples whose peaks set each layer's expon
 EVAL_BATCH = 500  # emulator batch: int64 state of 500 x 1000 neurons is 4 MB per tensor
 
 
+class DeployEncoder:
+    """An encoder that gives the deployed network's input: ``rule.deploy_input`` (for ``ff`` the
+    image with the neutral label in its label features; for every other rule ``encoder(x)``)."""
+
+    def __init__(self, rule, encoder):
+        self.rule, self.encoder = rule, encoder
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rule.deploy_input(x, self.encoder)
+
+    def __getattr__(self, name):  # kind, steps, binary, generator: the wrapped encoder's
+        return getattr(self.encoder, name)
+
+
 def quantize_run(run_dir: str | Path):
     """Load a trained run and quantize it: (config, ds, net, encoder, fnet, calibration).
 
@@ -721,8 +737,10 @@ def quantize_run(run_dir: str | Path):
     """
     from spikeprop.train import load_run
 
-    config, ds, net, _, encoder = load_run(run_dir, device="cpu")
-    cal_encoder = type(encoder)(encoder.kind, encoder.steps, torch.Generator().manual_seed(config.seed))
+    config, ds, net, rule, rule_encoder = load_run(run_dir, device="cpu")
+    encoder = DeployEncoder(rule, rule_encoder)
+    cal_encoder = DeployEncoder(rule, type(rule_encoder)(rule_encoder.kind, rule_encoder.steps,
+                                                          torch.Generator().manual_seed(config.seed)))
     x_cal = cal_encoder(ds.intensities(ds.train_x[:CALIBRATION_SAMPLES]))
     graded = not encoder.binary
     source = {"run_dir": str(run_dir), "dataset": config.dataset, "rule": config.rule, "neurons": config.neurons,

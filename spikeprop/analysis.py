@@ -90,9 +90,7 @@ def inference_input(rule, x: torch.Tensor) -> torch.Tensor:
 
     FF writes a label into the first input features; its read-out pass uses the neutral label.
     """
-    if rule is not None and getattr(rule, "name", "") == "ff" and hasattr(rule, "_encode"):
-        return rule._encode(x, None)
-    return rule.encoder(x)
+    return rule.deploy_input(x)
 
 
 @torch.no_grad()

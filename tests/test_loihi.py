@@ -293,3 +293,25 @@ def test_closed_form_at_exact_threshold_ties_and_the_voltage_rail():
     first = loihi.first_spike_steps(torch.zeros(1, n, dtype=torch.float64), layer, c, g, T)
     assert torch.equal(loihi.periodic_trains(first)[:, 0], torch.stack(steps))
     assert len({tuple(col) for col in torch.stack(steps).t().tolist()}) > T  # many distinct trains
+
+
+def test_ff_deploys_with_the_neutral_label(tmp_path):
+    # FF's read-out path sees the image with the neutral label (label_scale / C) in its first C
+    # inputs; the deployed network must get the same input, here with label_scale 20 (a current
+    # of 2 per label feature: more payload bits than the pixels need).
+    from spikeprop.cli import main
+    from spikeprop.train import load_run
+
+    run = tmp_path / "ff"
+    assert main(["train", "--rule", "ff", "--epochs", "1", "--hidden", "32", "--ff-label-scale", "20", "--out", str(run),
+                 "--no-progress"]) == 0
+    config, ds, net, encoder, fnet, _ = loihi.quantize_run(run)
+    x = ds.intensities(ds.test_x[:200])
+    xin = encoder(x)
+    assert torch.allclose(xin[:, :, :10], torch.full_like(xin[:, :, :10], 2.0))
+    payload = fnet.payload(xin)
+    assert int(payload[0, 0, 0]) == 32 and fnet.input_bits >= 6  # 2.0 x the digits' scale 16
+    _, _, _, rule, _ = load_run(run)
+    float_pred = simulate(net, rule.deploy_input(x)).logits.argmax(1)
+    emu_pred = emulate(fnet, payload).logits.argmax(1)
+    assert (float_pred == emu_pred).float().mean() >= 0.95

@@ -66,6 +66,11 @@ class Rule:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return simulate(self.net, self.encoder(x)).logits
 
+    def deploy_input(self, x: torch.Tensor, encoder: Encoder | None = None) -> torch.Tensor:
+        """The input [T, B, n_in] the network's read-out path sees for ``x`` (what is deployed to
+        Lava): ``encoder(x)``, the rule's own encoder by default."""
+        return (encoder or self.encoder)(x)
+
     @staticmethod
     def apply_gradients(compute, *optimizers: torch.optim.Optimizer) -> dict[str, float]:
         """Zero the optimizers' gradients, run ``compute()`` (it sets ``.grad`` and returns metrics), step them."""

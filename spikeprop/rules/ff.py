@@ -120,12 +120,17 @@ class ForwardForward(Rule):
         self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=config.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
-    def _encode(self, x, labels):
+    def _encode(self, x, labels, encoder=None):
+        encoder = encoder or self.encoder
         scale = self.options["label_scale"]
-        xin = self.encoder(overlay(x, labels, self.n_classes, scale))
-        if self.encoder.kind == "direct" and scale > 1:  # the encoder clamps to [0, 1]: a current may be larger
+        xin = encoder(overlay(x, labels, self.n_classes, scale))
+        if encoder.kind == "direct" and scale > 1:  # the encoder clamps to [0, 1]: a current may be larger
             xin = overlay(xin[0], labels, self.n_classes, scale).unsqueeze(0).expand_as(xin)
         return xin
+
+    def deploy_input(self, x, encoder=None):
+        """The read-out path's input: ``x`` with the neutral label (``label_scale / C``) in the label features."""
+        return self._encode(x, None, encoder)
 
     def goodness(self, xin: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, the goodness G [B] of ``xin`` [T, B, n_in] (differentiable in W_l) and the counts."""
