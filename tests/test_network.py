@@ -135,8 +135,12 @@ def test_time_constant_input_fast_path_is_exact(gen):
     expanded = x.unsqueeze(0).expand(9, 3, 6)
     a, b = simulate(net, expanded, record=True), simulate(net, expanded.clone(), record=True)
     assert expanded.stride(0) == 0 and expanded.clone().stride(0) != 0
-    for sa, sb in zip(a.spikes + a.v, b.spikes + b.v):
+    for sa, sb in zip(a.spikes, b.spikes):
         assert torch.equal(sa, sb)
+    for va, vb in zip(a.v, b.v):
+        # equal up to float32 rounding: the per-step GEMMs read rows at other memory offsets, and
+        # AVX-512 kernels may then sum in another order (bit-equal on some CPUs, not on all)
+        torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-6)
     assert a.counts[0].sum() > 0
 
 
