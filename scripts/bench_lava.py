@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,7 +47,7 @@ EMULATOR_REPEATS = 7
 def bench(run_dir: str, lava_samples: int, naive_samples: int, threads: int) -> dict:
     torch.set_num_threads(1)
     config, ds, net, encoder, fnet, _ = quantize_run(run_dir)
-    x_all = encoder(ds.intensities(ds.test_x)).contiguous()
+    x_all = encoder(ds.intensities(ds.test_x))  # as evaluate_run: direct encoding keeps a stride-0 time axis
     payload_all = fnet.payload(x_all)
     n_test = payload_all.shape[1]
 
@@ -63,7 +64,7 @@ def bench(run_dir: str, lava_samples: int, naive_samples: int, threads: int) -> 
     emu_acc = float((emulate_all().argmax(1) == ds.test_y).float().mean())
 
     def lava_run(n: int, chunk: int, spikes: bool) -> dict:
-        x = payload_all[:, :n].permute(1, 0, 2).numpy()
+        x = np.ascontiguousarray(payload_all[:, :n].permute(1, 0, 2).numpy())
         t0 = time.perf_counter()
         res = lava.run(list(fnet.layers), fnet.readout, x, tag="fixed_pt", graded=fnet.graded_input,
                        input_bits=fnet.input_bits, chunk=chunk, record_spikes=spikes)
