@@ -480,12 +480,18 @@ class Gemm(NamedTuple):
     correction: torch.Tensor | None
     weight_exp: int
     may_wrap: bool  # some |W·s| << weight_exp can reach 2**31 (Lava's int32 channel wraps)
+    may_overflow_u: bool  # some |a| can reach 2**25, where Lava's int32 ``a << 6`` wraps
+
+
+def _cache(layer: Layer) -> dict:
+    """What ``emulate`` derives from a Layer once and keeps on it (a Layer is immutable: its
+    arrays are never changed in place)."""
+    return layer.__dict__.setdefault("_emulator_cache", {})
 
 
 def _weights_info(layer: Layer, device) -> dict:
-    """Per-layer facts about the weights that every ``emulate`` call needs, computed once per Layer
-    and device (a Layer is immutable; its arrays are never changed in place)."""
-    cache = layer.__dict__.setdefault("_emulator_cache", {})
+    """Per-layer facts about the weights that every ``emulate`` call needs, once per Layer and device."""
+    cache = _cache(layer)
     key = str(torch.device(device or "cpu"))
     if key not in cache:
         w = np.asarray(layer.weights, dtype=np.int64)
@@ -504,14 +510,24 @@ def gemm_for(layer: Layer, in_min: int, in_max: int, device=None) -> Gemm:
     """The exact multiplication of ``layer``'s Dense for inputs in [in_min, in_max]."""
     info = _weights_info(layer, device)
     bound = info["abs_row_max"] * max(abs(in_min), abs(in_max))  # the largest |W·s|
-    may_wrap = bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1)
+    a_bound = bound * 2 ** max(layer.weight_exp, 0)
+    may_wrap, may_overflow_u = a_bound >= 2 ** (INT32_BITS - 1), a_bound >= 2 ** (INT32_BITS - 1 - ACT_SHIFT)
     offset = 0 if -128 <= in_min and in_max <= 127 else 128 if 0 <= in_min and in_max <= 255 else None
     cpu = torch.device(device or "cpu").type == "cpu"
     if info["even"] and offset is not None and info["n_in"] * 128 * 128 < 2**31 and cpu:
         correction = offset * info["half_rowsum"] if offset else None
-        return Gemm(info["half_t"], True, offset, correction, layer.weight_exp, may_wrap)
+        return Gemm(info["half_t"], True, offset, correction, layer.weight_exp, may_wrap, may_overflow_u)
     gemm = torch.float32 if bound < 2**24 else torch.float64
-    return Gemm(info["w"].to(gemm), False, 0, None, layer.weight_exp, may_wrap)
+    return Gemm(info["w"].to(gemm), False, 0, None, layer.weight_exp, may_wrap, may_overflow_u)
+
+
+def _half_product(s: torch.Tensor, g: Gemm) -> torch.Tensor:
+    """(W / 2)·s [B, n_out] in int32 for an int8 ``g`` (s [B, n_in] integer-valued, B > 0)."""
+    x = (s.to(torch.int16) - g.offset).to(torch.int8) if g.offset else s.to(torch.int8)
+    acc = torch._int_mm(x, g.w)
+    if g.correction is not None:
+        acc += g.correction.to(torch.int32)
+    return acc
 
 
 def _product(s: torch.Tensor, g: Gemm) -> torch.Tensor:
@@ -519,9 +535,7 @@ def _product(s: torch.Tensor, g: Gemm) -> torch.Tensor:
     if not g.int8 or s.shape[0] == 0:
         w = g.w.t().to(torch.float64) if g.int8 else g.w
         return F.linear(s.to(w.dtype), w).to(EXACT) * (2 if g.int8 else 1)
-    x = (s - g.offset).to(torch.int8) if g.offset else s.to(torch.int8)
-    acc = torch._int_mm(x, g.w).to(EXACT)
-    return 2 * (acc + g.correction if g.correction is not None else acc)
+    return 2 * _half_product(s, g).to(EXACT)
 
 
 def _shift(p: torch.Tensor, g: Gemm) -> torch.Tensor:
@@ -602,7 +616,7 @@ def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm
     if g.may_wrap or (a.numel() and _outside(a, UV_LIMIT >> ACT_SHIFT)) or (bias.numel() and _outside(bias, UV_LIMIT)):
         return None
     c = a.to(torch.int32) * 2**ACT_SHIFT + bias.to(torch.int32)
-    cache = layer.__dict__.setdefault("_emulator_cache", {})  # as in _weights_info: a Layer is immutable
+    cache = _cache(layer)
     if ("drives", T) not in cache:
         cache["drives", T] = [min(d, 2**31 - 1) for d in crossing_drives(layer, T)]  # inf: above every c
     drives = torch.tensor(cache["drives", T], dtype=torch.int32, device=a.device).view(T, 1, 1)
@@ -611,10 +625,7 @@ def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm
 
 def _dense_int32(s: torch.Tensor, g: Gemm) -> torch.Tensor:
     """``_dense`` for an int8 ``g`` that cannot wrap, in int32 (exact: every |W·s| << e < 2**31)."""
-    x = (s.to(torch.int16) - g.offset).to(torch.int8) if g.offset else s.to(torch.int8)
-    acc = torch._int_mm(x, g.w)
-    if g.correction is not None:
-        acc += g.correction.to(torch.int32)
+    acc = _half_product(s, g)
     e = g.weight_exp + 1  # W·s = 2·acc; a negative shift floors, as Lava's >> does
     return acc << e if e >= 0 else acc >> -e
 
@@ -667,8 +678,7 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     in_min, in_max = map(int, torch.aminmax(seen)) if seen.numel() else (0, 0)
     gemms = [gemm_for(layer, in_min, in_max, device) if i == 0 else gemm_for(layer, 0, 1, device)
              for i, layer in enumerate(all_layers)]
-    overflow = [g.may_wrap or _may_overflow_u(layer, in_min, in_max if i == 0 else 1) for i, (g, layer) in
-                enumerate(zip(gemms, all_layers))]
+    overflow = [g.may_overflow_u for g in gemms]
     biases = [bias_v(la, device) for la in all_layers]
     states: list[LIFState | None] = [None] * len(all_layers)  # zero state, made when a layer first steps
     rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
@@ -716,13 +726,6 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     stack = {k: [torch.stack(r).to(torch.bool if k == "s" else torch.int64) for r in rows] for k, rows in rec.items()}
     counts = [s.sum(0) for s in stack["s"][:-1]]
     return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
-
-
-def _may_overflow_u(layer: Layer, in_min: int, in_max: int) -> bool:
-    """Whether some |a| of ``layer`` can reach 2**25, where Lava's int32 ``a << 6`` wraps."""
-    w = np.abs(np.asarray(layer.weights, dtype=np.int64))
-    bound = int(w.sum(1).max()) * max(abs(in_min), abs(in_max)) if w.size else 0
-    return bound * 2 ** max(layer.weight_exp, 0) >= 2 ** (INT32_BITS - 1 - ACT_SHIFT)
 
 
 def float_layers(net: Network) -> tuple[list[Layer], Layer]:
