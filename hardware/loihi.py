@@ -598,6 +598,14 @@ def crossing_drives(layer: Layer, T: int) -> list[float]:
     return out
 
 
+def _drive_is_constant(a: torch.Tensor, layer: Layer, bias: torch.Tensor) -> bool:
+    """Whether ``layer`` turns the Dense output ``a`` into the plain drive ``(a << 6) + bias`` each
+    step: a memoryless current (du = 4095, u = a << 6), |a << 6| < 2**23 (u does not wrap) and
+    |bias| < 2**23. The closed forms below rest on it."""
+    return (DECAY_UNIT - (int(layer.du) + DU_OFFSET) == 0 and not (a.numel() and _outside(a, UV_LIMIT >> ACT_SHIFT))
+            and not (bias.numel() and _outside(bias, UV_LIMIT)))
+
+
 def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm, T: int) -> torch.Tensor | None:
     """For a first layer driven by a constant Dense output ``a`` [B, n]: ``within`` [T, B, n] (bool),
     ``within[k - 1]`` true where the neuron's first spike comes at step k or earlier (1-based);
@@ -610,12 +618,9 @@ def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm
     This is what T steps of ``fixed_lif_step`` compute (tests/test_loihi.py checks the two
     against each other, tests/test_lava.py against Lava).
     """
-    if DECAY_UNIT - (int(layer.du) + DU_OFFSET) != 0 or T < 1:
+    if T < 1 or g.may_wrap or not _drive_is_constant(a, layer, bias):
         return None
-    # |a << 6| < 2**23 (u does not wrap) and |bias| < 2**23, so |c| < 2**24 fits int32
-    if g.may_wrap or (a.numel() and _outside(a, UV_LIMIT >> ACT_SHIFT)) or (bias.numel() and _outside(bias, UV_LIMIT)):
-        return None
-    c = a.to(torch.int32) * 2**ACT_SHIFT + bias.to(torch.int32)
+    c = a.to(torch.int32) * 2**ACT_SHIFT + bias.to(torch.int32)  # |c| < 2**24 fits int32
     cache = _cache(layer)
     if ("drives", T) not in cache:
         cache["drives", T] = [min(d, 2**31 - 1) for d in crossing_drives(layer, T)]  # inf: above every c
@@ -634,9 +639,7 @@ def _integrator_closed_form(a: torch.Tensor, layer: Layer, bias: torch.Tensor) -
     """v after T steps of a memoryless-current, non-leaking LIF (the read-out: du = 4095, dv = 0)
     driven by a [T, B, n], from v = 0: the running sum of (a << 6) + bias, when no partial sum
     reaches the threshold or the rail (no spike, no clip) and no u wraps; else None."""
-    if DECAY_UNIT - (int(layer.du) + DU_OFFSET) != 0 or int(layer.dv) != 0 or a.shape[0] < 1:
-        return None
-    if _outside(a, UV_LIMIT >> ACT_SHIFT) or (bias.numel() and _outside(bias, UV_LIMIT)):
+    if int(layer.dv) != 0 or a.shape[0] < 1 or not _drive_is_constant(a, layer, bias):
         return None
     v = torch.cumsum(a * 2**ACT_SHIFT + bias, 0)
     lo, hi = torch.aminmax(v)
@@ -678,7 +681,6 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     in_min, in_max = map(int, torch.aminmax(seen)) if seen.numel() else (0, 0)
     gemms = [gemm_for(layer, in_min, in_max, device) if i == 0 else gemm_for(layer, 0, 1, device)
              for i, layer in enumerate(all_layers)]
-    overflow = [g.may_overflow_u for g in gemms]
     biases = [bias_v(la, device) for la in all_layers]
     states: list[LIFState | None] = [None] * len(all_layers)  # zero state, made when a layer first steps
     rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
@@ -689,6 +691,7 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
         a_first = _dense_int32(payload[0], g0) if fast_int else _dense(payload[0], g0)
     start = 0  # the first layer the step loop runs
     a_given = None  # that layer's Dense output for every step [T, B, n], when computed up front
+    v_T = None  # the read-out's final voltage, when a closed form gives it
     if a_first is not None:
         within = None if record else first_spike_steps(a_first, all_layers[0], biases[0], gemms[0], T)
         if within is not None:
@@ -700,26 +703,25 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
             start, a_given = 1, _shift(torch.stack(per_t), g)
             if start == len(all_layers) - 1:  # the read-out follows: integrate in one sum where it applies
                 v_T = _integrator_closed_form(a_given, all_layers[-1], biases[-1])
-                if v_T is not None:
-                    v_out = v_T.to(torch.int64)
-                    return EmuResult(v_out, v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T))
         else:
             a_first = a_first.to(EXACT)
             a_given = a_first.expand(T, *a_first.shape)
-    for t in range(T):
+    for t in range(T if v_T is None else 0):
         s = payload[t]
         for i in range(start, len(all_layers)):
             a = a_given[t] if i == start and a_given is not None else _dense(s, gemms[i])
             if states[i] is None:
                 states[i] = LIFState.zeros(B, all_layers[i].n_out, device=device, dtype=EXACT)
-            step = fixed_lif_step(a, states[i], all_layers[i], biases[i], overflow[i])
+            step = fixed_lif_step(a, states[i], all_layers[i], biases[i], gemms[i].may_overflow_u)
             states[i] = step.state
             if record:
                 rec["s"][i].append(step.s)
                 rec["u"][i].append(step.state.u)
                 rec["v"][i].append(step.state.v)
             s = step.s
-    v_out = states[-1].v.to(torch.int64) if states[-1] is not None else torch.zeros(B, fnet.readout.n_out, dtype=torch.int64)
+    if v_T is None:
+        v_T = states[-1].v if states[-1] is not None else torch.zeros(B, fnet.readout.n_out)
+    v_out = v_T.to(torch.int64)
     logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
     if not record:
         return EmuResult(v_out, logits)

@@ -133,13 +133,17 @@ def test_pepita_matches_the_closed_form_of_a_silent_layer(rep, pre):
     torch.testing.assert_close(net.readout.bias.grad, e.mean(0))
 
 
-def test_pepita_equals_autograd_through_the_membrane_of_pass_two():
-    rule = make_rule("pepita", rep="linear", pre="err")
-    net = rule.net
+def pepita_gradients(**options):
+    """A pepita rule with ``options``, one batch, the hidden weights' gradients it set, and its input."""
+    rule = make_rule("pepita", **options)
     x, y = batch()
     rule.gradients(x, y)
-    got = [w.grad.clone() for w in net.weights]
-    xin = rule.encoder(x)
+    return rule, x, y, [w.grad.clone() for w in rule.net.weights], rule.encoder(x)
+
+
+def test_pepita_equals_autograd_through_the_membrane_of_pass_two():
+    rule, x, y, got, xin = pepita_gradients(rep="linear", pre="err")
+    net = rule.net
     with torch.no_grad():
         z1, res1 = membrane_reference(net, xin)
         e = torch.softmax(res1.logits, 1) - F.one_hot(y, 3)
@@ -155,12 +159,8 @@ def test_pepita_equals_autograd_through_the_membrane_of_pass_two():
 @pytest.mark.parametrize("rep", ["current", "rate"])
 def test_pepita_current_and_rate_equal_autograd_through_the_membrane_of_pass_one(rep):
     """Spiking layers: dz from the passes' mean currents u = W s_in (du = 1) or rates, traces of pass 1."""
-    rule = make_rule("pepita", rep=rep, pre="clean", F_scale=2.0)
+    rule, x, y, got, xin = pepita_gradients(rep=rep, pre="clean", F_scale=2.0)
     net, T = rule.net, rule.config.steps
-    x, y = batch()
-    rule.gradients(x, y)
-    got = [w.grad.clone() for w in net.weights]
-    xin = rule.encoder(x)
     with torch.no_grad():
         _, res1 = membrane_reference(net, xin)
         e = torch.softmax(res1.logits, 1) - F.one_hot(y, 3)
