@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hardware import lava
-from hardware.loihi import check_fit, emulate, float_layers, quantize_run, resources
+from hardware.loihi import check_fit, emulate, float_layers, margin_warnings, margins, quantize_run, resources
 from spikeprop.network import simulate
 from spikeprop.runs import write_json
 
@@ -65,6 +65,7 @@ def verify_run(run_dir: str | Path, limit: int = DEFAULT_LIMIT, timeout: float |
                    graded=fnet.graded_input, input_bits=fnet.input_bits, timeout=timeout)
     backends["lava_floating_pt"] = _backend(flt.v_out, y, time.perf_counter() - t0, n, flt.timing)
 
+    problems = check_fit(fnet, cal)
     emu_vs_fixed = [identical_trains(a, b) for a, b in zip(emu_spikes, fixed.spikes)]
     float_vs_floating = [identical_trains(a, b) for a, b in zip(float_spikes, flt.spikes)]
     readout_equal = bool(np.array_equal(emu.v_out.numpy(), fixed.v_out.astype(np.int64)))
@@ -76,8 +77,10 @@ def verify_run(run_dir: str | Path, limit: int = DEFAULT_LIMIT, timeout: float |
         "readout_v_identical_emulator_vs_lava_fixed_pt": readout_equal,
         "bit_exact": readout_equal and all(f == 1.0 for f in emu_vs_fixed),
         "resources": resources(fnet),
-        "fits_loihi2": not check_fit(fnet, cal),
-        "fit_problems": check_fit(fnet, cal),
+        "fits_loihi2": not problems,
+        "fit_problems": problems,
+        "margins": margins(fnet, cal),
+        "margin_warnings": margin_warnings(fnet, cal),
         "layers": [la.scalars() for la in fnet.layers], "readout": fnet.readout.scalars(),
     }
     write_json(Path(run_dir) / VERIFY, report)
@@ -115,6 +118,8 @@ def format_report(r: dict) -> str:
                                                                 for row in res["layers"]) + ")"]
     if r["fit_problems"]:
         lines.append("does NOT fit Loihi 2: " + "; ".join(r["fit_problems"]))
+    for w in r.get("margin_warnings", []):
+        lines.append(f"warning: {w}")
     lines.append("bit-exact: emulator == Lava fixed_pt" if r["bit_exact"] else
                  "MISMATCH: the emulator and Lava fixed_pt disagree")
     return "\n".join(lines)

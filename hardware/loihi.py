@@ -45,7 +45,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -205,10 +205,11 @@ def _choose_exp(step: float, input_scale: float, peak: float, vth: float | None)
     unit = 2.0 * input_scale / step  # S at e = 0
     budget = UV_LIMIT / 2**HEADROOM_BITS / 2**ACT_SHIFT
     e = WEIGHT_EXP_MAX
-    if peak > 0:
-        e = min(e, math.floor(math.log2(budget / (unit * peak))))
-    if vth is not None:
-        e = min(e, math.floor(math.log2(VTH_MAX / (unit * vth))))
+    for limit, value in ((budget, peak), (VTH_MAX, vth)):
+        if value is not None and value > 0:
+            ratio = limit / (unit * value)
+            # ratio 0 (an overflowing product): no exponent is small enough; check_fit reports it
+            e = min(e, math.floor(math.log2(ratio)) if ratio > 0 else WEIGHT_EXP_MIN)
     return max(WEIGHT_EXP_MIN, e)
 
 
@@ -304,40 +305,75 @@ def _named_layers(fnet: FixedNetwork):
     yield "read-out", fnet.readout
 
 
+def _layer_problems(name: str, layer: Layer) -> list[str]:
+    """``check_params`` for one layer (its parameters' bit widths and types)."""
+    problems: list[str] = []
+    w = layer.weights
+    if not np.issubdtype(np.asarray(w).dtype, np.integer):
+        problems.append(f"{name}: weights must be integers; got {np.asarray(w).dtype}")
+    elif w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
+        problems.append(f"{name}: weights must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
+                        f"(8-bit mantissa); got [{w.min()}, {w.max()}]")
+    if not WEIGHT_EXP_MIN <= layer.weight_exp <= WEIGHT_EXP_MAX:
+        problems.append(f"{name}: weight_exp {layer.weight_exp} is outside [{WEIGHT_EXP_MIN}, {WEIGHT_EXP_MAX}]")
+    for key in ("du", "dv"):
+        d = getattr(layer, key)
+        if not 0 <= d <= DECAY_MAX:
+            hint = " (du = 0, a current that never decays, is not representable; train with du >= 1/4096)" \
+                if key == "du" else ""
+            problems.append(f"{name}: {key} = {d} is outside the 12-bit range [0, {DECAY_MAX}]{hint}")
+    if not 0 <= layer.vth <= VTH_MAX:
+        problems.append(f"{name}: vth = {layer.vth} is outside the 17-bit range [0, {VTH_MAX}]")
+    bm, be = layer.bias_mant, layer.bias_exp
+    for field, arr in (("bias_mant", bm), ("bias_exp", be)):
+        if not np.issubdtype(np.asarray(arr).dtype, np.integer):
+            problems.append(f"{name}: {field} must be integers; got {np.asarray(arr).dtype}")
+        elif arr.shape != (layer.n_out,):
+            problems.append(f"{name}: {field} has shape {arr.shape}, not ({layer.n_out},)")
+    if problems:
+        return problems
+    if bm.size and (bm.min() < BIAS_MANT_MIN or bm.max() > BIAS_MANT_MAX):
+        problems.append(f"{name}: bias_mant outside the 13-bit range [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
+    if be.size and (be.min() < 0 or be.max() > BIAS_EXP_MAX):
+        worst = int(np.argmax(be))
+        problems.append(f"{name}: neuron {worst}'s bias needs bias_exp = {int(be.max())} > {BIAS_EXP_MAX} "
+                        f"(the bias is {int(be.max()) - BIAS_EXP_MAX} bits too large for the layer's scale)")
+    return problems
+
+
+def _chain_problems(fnet: FixedNetwork) -> list[str]:
+    chain = [*fnet.layers, fnet.readout]
+    return [f"{name} has {a.n_out} neurons but the next layer takes {b.n_in} inputs"
+            for (name, a), b in zip(_named_layers(fnet), chain[1:]) if a.n_out != b.n_in]
+
+
+def check_params(fnet: FixedNetwork) -> list[str]:
+    """The parameters of ``fnet`` that Lava's fixed_pt models would round, clip or wrap (so that the
+    emulator, which computes exactly what it is given, would disagree with Lava): one line each.
+
+    Every integer must be within its bit width, weights even (MIXED sign mode clears the LSB), the
+    chain of shapes consistent, T >= 1 and the input payload within Loihi 2's message bits.
+    """
+    problems = [p for name, layer in _named_layers(fnet) for p in _layer_problems(name, layer)]
+    problems += _chain_problems(fnet)
+    if fnet.steps < 1:
+        problems.append(f"steps = {fnet.steps}: a sample needs at least one time step")
+    if fnet.graded_input and not 1 <= fnet.input_bits <= MESSAGE_BITS_MAX:
+        problems.append(f"input: {fnet.input_bits}-bit graded payloads; Loihi 2 carries 1 to {MESSAGE_BITS_MAX} bits")
+    return problems
+
+
 def check_fit(fnet: FixedNetwork, calibration: Calibration | None = None) -> list[str]:
     """Everything about ``fnet`` that Loihi 2 cannot hold, one readable line each ([] if it fits).
 
-    Checks the bit ranges of every parameter, the per-core neuron and synapse limits and, when a
-    calibration is given, that the calibrated activity stays inside the 24-bit u and v.
+    ``check_params`` (the bit ranges of every parameter), the per-core neuron and synapse limits
+    and, when a calibration is given, that the calibrated activity stays inside the 24-bit u and v.
     """
-    problems = []
+    problems = check_params(fnet)
     for name, layer in _named_layers(fnet):
-        w = layer.weights
-        if w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
-            problems.append(f"{name}: weights must be even integers in [{WEIGHT_MIN}, {WEIGHT_MAX}] "
-                            f"(8-bit mantissa); got [{w.min()}, {w.max()}]")
-        if not WEIGHT_EXP_MIN <= layer.weight_exp <= WEIGHT_EXP_MAX:
-            problems.append(f"{name}: weight_exp {layer.weight_exp} is outside [{WEIGHT_EXP_MIN}, {WEIGHT_EXP_MAX}]")
-        for key in ("du", "dv"):
-            d = getattr(layer, key)
-            if not 0 <= d <= DECAY_MAX:
-                hint = " (du = 0, a current that never decays, is not representable; train with du >= 1/4096)" \
-                    if key == "du" else ""
-                problems.append(f"{name}: {key} = {d} is outside the 12-bit range [0, {DECAY_MAX}]{hint}")
-        if not 0 <= layer.vth <= VTH_MAX:
-            problems.append(f"{name}: vth = {layer.vth} is outside the 17-bit range [0, {VTH_MAX}]")
-        bm, be = layer.bias_mant, layer.bias_exp
-        if bm.size and (bm.min() < BIAS_MANT_MIN or bm.max() > BIAS_MANT_MAX):
-            problems.append(f"{name}: bias_mant outside the 13-bit range [{BIAS_MANT_MIN}, {BIAS_MANT_MAX}]")
-        if be.size and (be.min() < 0 or be.max() > BIAS_EXP_MAX):
-            worst = int(np.argmax(be))
-            problems.append(f"{name}: neuron {worst}'s bias needs bias_exp = {int(be.max())} > {BIAS_EXP_MAX} "
-                            f"(the bias is {int(be.max()) - BIAS_EXP_MAX} bits too large for the layer's scale)")
         if layer.n_in > SYNAPSES_PER_CORE:
             problems.append(f"{name}: a neuron with {layer.n_in} inputs needs more synapses than a core holds "
                             f"({SYNAPSES_PER_CORE})")
-    if fnet.graded_input and fnet.input_bits > MESSAGE_BITS_MAX:
-        problems.append(f"input: {fnet.input_bits}-bit graded payloads exceed {MESSAGE_BITS_MAX} bits")
     res = resources(fnet)
     if res["chips"] > 1:
         problems.append(f"the network needs {res['cores']} cores, more than one Loihi 2 chip ({CORES_PER_CHIP}); "
@@ -349,6 +385,27 @@ def check_fit(fnet: FixedNetwork, calibration: Calibration | None = None) -> lis
                 problems.append(f"layer {i + 1}: calibrated |u|, |v| reach {top:.3g} > 2**23 even at weight_exp "
                                 f"{layer.weight_exp}: the 24-bit state would wrap or saturate")
     return problems
+
+
+def margins(fnet: FixedNetwork, calibration: Calibration) -> list[dict]:
+    """Per hidden layer: the calibrated peak of |u|, |v| in Lava units and the headroom it leaves below
+    the 24-bit rail, in bits (``quantize`` aims for HEADROOM_BITS; a layer whose weight exponent is
+    clamped at WEIGHT_EXP_MIN keeps less)."""
+    out = []
+    for i, (layer, peak) in enumerate(zip(fnet.layers, calibration.peak)):
+        top = peak * 2**ACT_SHIFT * layer.scale
+        bits = math.log2(UV_LIMIT / top) if top > 0 else None  # None: the layer is silent on the calibration set
+        out.append({"layer": i + 1, "peak": top, "headroom_bits": bits, "weight_exp": layer.weight_exp,
+                    "kept": bits is None or bits >= HEADROOM_BITS})
+    return out
+
+
+def margin_warnings(fnet: FixedNetwork, calibration: Calibration) -> list[str]:
+    """One line per layer whose headroom is below the HEADROOM_BITS that export aims for."""
+    return [f"layer {m['layer']}: calibrated |u|, |v| peak {m['peak']:.3g} leaves {m['headroom_bits']:.2f} bits below "
+            f"the 24-bit rail (export aims for {HEADROOM_BITS}; weight_exp is already at its minimum "
+            f"{m['weight_exp']}): inputs {2 ** m['headroom_bits']:.2f}x brighter than the calibration set saturate v"
+            for m in margins(fnet, calibration) if not m["kept"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,28 +428,85 @@ def save(fnet: FixedNetwork, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _header_int(d: dict, key: str, where: str, low: int | None = None) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+        raise SpikepropError(f"{where}: {key} must be an integer{f' >= {low}' if low is not None else ''}; got {v!r}")
+    return v
+
+
+def _header_float(d: dict, key: str, where: str) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise SpikepropError(f"{where}: {key} must be a finite number > 0; got {v!r}")
+    return float(v)
+
+
 def load(path: str | Path) -> FixedNetwork:
-    """Read a file written by ``save``; SpikepropError if it is not one."""
+    """Read a file written by ``save``; SpikepropError naming the field if it is not one, or if any
+    value is one that Lava would round, clip or refuse (``check_params``)."""
     import zipfile
 
+    from spikeprop.encoders import ENCODINGS
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpikepropError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if "header" not in z.files:
+                raise SpikepropError(f"{path} is not a {FORMAT} file (no header)")
             header = json.loads(str(z["header"]))
+            if not isinstance(header, dict):
+                raise SpikepropError(f"{path}: the header must be a JSON object; got {type(header).__name__}")
             if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
                 raise SpikepropError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file")
+            where = str(path)
+            steps = _header_int(header, "steps", where, 1)
+            encoding = header.get("encoding")
+            if encoding not in ENCODINGS:
+                raise SpikepropError(f"{where}: encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
+            graded = header.get("graded_input")
+            if not isinstance(graded, bool):
+                raise SpikepropError(f"{where}: graded_input must be true or false; got {graded!r}")
+            input_scale = _header_float(header, "input_scale", where)
+            input_bits = _header_int(header, "input_bits", where, 0)
+            if not isinstance(header.get("layers"), list) or not header["layers"]:
+                raise SpikepropError(f"{where}: layers must be a non-empty list")
 
-            def layer(name: str, d: dict) -> Layer:
-                return Layer(z[f"{name}.weights"], int(d["weight_exp"]), int(d["du"]), int(d["dv"]), int(d["vth"]),
-                             z[f"{name}.bias_mant"], z[f"{name}.bias_exp"], float(d["scale"]))
+            def layer(name: str, d: Any) -> Layer:
+                at = f"{where}: {name}"
+                if not isinstance(d, dict):
+                    raise SpikepropError(f"{at} must be an object; got {d!r}")
+                n_in, n_out = _header_int(d, "n_in", at, 1), _header_int(d, "n_out", at, 1)
+                arrays = {}
+                for field, shape in (("weights", (n_out, n_in)), ("bias_mant", (n_out,)), ("bias_exp", (n_out,))):
+                    key = f"{name}.{field}"
+                    if key not in z.files:
+                        raise SpikepropError(f"{at}: the array {key} is missing")
+                    a = z[key]
+                    if not np.issubdtype(a.dtype, np.integer):
+                        raise SpikepropError(f"{at}: {field} must hold integers; got {a.dtype}")
+                    if a.shape != shape:
+                        raise SpikepropError(f"{at}: {field} has shape {a.shape}, but the header says {shape}")
+                    arrays[field] = a.astype(np.int32) if np.abs(a).max(initial=0) < 2**31 else a
+                return Layer(arrays["weights"], _header_int(d, "weight_exp", at), _header_int(d, "du", at),
+                             _header_int(d, "dv", at), _header_int(d, "vth", at), arrays["bias_mant"],
+                             arrays["bias_exp"], _header_float(d, "scale", at))
 
             layers = tuple(layer(f"layer{i}", d) for i, d in enumerate(header["layers"]))
-            readout = layer("readout", header["readout"])
-    except FileNotFoundError:
-        raise SpikepropError(f"{path} does not exist") from None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+            readout = layer("readout", header.get("readout"))
+    except SpikepropError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, TypeError) as e:
         raise SpikepropError(f"{path} is not a readable {FORMAT} file ({type(e).__name__}: {e})") from None
-    return FixedNetwork(layers, readout, int(header["steps"]), header["encoding"], bool(header["graded_input"]),
-                        float(header["input_scale"]), int(header["input_bits"]), header.get("source") or None)
+    source = header.get("source")
+    fnet = FixedNetwork(layers, readout, steps, encoding, graded, input_scale, input_bits,
+                        source if isinstance(source, dict) and source else None)
+    problems = check_params(fnet)
+    if problems:
+        raise SpikepropError(f"{path} holds values Lava would not run as written: " + "; ".join(problems))
+    return fnet
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,6 +774,21 @@ def periodic_trains(within: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_emulable(fnet: FixedNetwork) -> None:
+    """Refuse a network whose parameters Lava would round or clip (``check_params``: an odd weight,
+    a 13-bit decay, ...): the emulator computes exactly what it is given, Lava would not. The
+    per-layer part is computed once per Layer."""
+    problems = []
+    for name, layer in _named_layers(fnet):
+        cache = _cache(layer)
+        if ("problems", name) not in cache:
+            cache["problems", name] = _layer_problems(name, layer)
+        problems += cache["problems", name]
+    problems += _chain_problems(fnet)
+    if problems:
+        raise SpikepropError("the emulator computes only what Lava's fixed_pt models run as given: " + "; ".join(problems))
+
+
 @torch.no_grad()
 def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) -> EmuResult:
     """Run ``fnet`` bit-exactly on payload [T, B, n_in] (ints: graded payloads or 0/1), from zero state.
@@ -673,6 +802,7 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     """
     if payload.dim() != 3 or payload.shape[2] != fnet.layers[0].n_in:
         raise SpikepropError(f"payload must be [T, B, {fnet.layers[0].n_in}]; got {tuple(payload.shape)}")
+    _check_emulable(fnet)
     T, B, _ = payload.shape
     device = payload.device
     all_layers = [*fnet.layers, fnet.readout]
@@ -793,14 +923,17 @@ def quantize_run(run_dir: str | Path):
     return config, ds, net, encoder, fnet, calibrate(deployed(net), x_cal)
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> FixedNetwork:
-    """``spikeprop export RUN_DIR --to lava --out FILE``: quantize, check that it fits, save."""
+def export_run(run_dir: str | Path, out: str | Path) -> tuple[FixedNetwork, list[str]]:
+    """``spikeprop export RUN_DIR --to lava --out FILE``: quantize, check that it fits, save.
+
+    Returns the network and the margin warnings (``margin_warnings``: layers that keep less than
+    the aimed-for headroom below the 24-bit rail)."""
     _, _, _, _, fnet, cal = quantize_run(run_dir)
     problems = check_fit(fnet, cal)
     if problems:
         raise SpikepropError("the network does not fit Loihi 2: " + "; ".join(problems))
     save(fnet, out)
-    return fnet
+    return fnet, margin_warnings(fnet, cal)
 
 
 @torch.no_grad()

@@ -64,6 +64,7 @@ import spikeprop
 from spikeprop import SpikepropError
 from spikeprop.network import Network
 from spikeprop.neurons import LIFParams
+from spikeprop.runs import prepare_parent
 
 DEFAULT_DT = 1e-4  # seconds per step: the dt snnTorch's NIR exporter and importer hard-code
 CONVENTION = "spikeprop-nir/1"  # the metadata below; bump if the mapping ever changes
@@ -212,7 +213,9 @@ def export_nir(net: Network, path: str | Path, *, dt: float = DEFAULT_DT, steps:
     nir = _nir()
     graph = to_nir(net, dt=dt, steps=steps, metadata=metadata)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise SpikepropError(f"cannot write {path}: it is a directory")
+    prepare_parent(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         nir.write(tmp, graph)
@@ -268,7 +271,12 @@ def _chain(graph) -> list[str]:
 
 
 def _arr(x, n: int, name: str, field: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpikepropError(f"node '{name}': {field} is not an array of numbers") from None
+    if not np.all(np.isfinite(a)):
+        raise SpikepropError(f"node '{name}': {field} holds NaN or infinite values")
     if a.ndim == 0:
         a = np.full(n, float(a))
     a = a.reshape(-1)
@@ -326,9 +334,12 @@ def from_nir(graph, *, dt: float | None = None) -> Network:
     """
     if dt is None:
         meta = graph.metadata if isinstance(graph.metadata, dict) else {}
-        dt = float(meta.get("dt", DEFAULT_DT))
-    if not dt > 0:
-        raise SpikepropError(f"dt must be > 0 seconds; got {dt}")
+        try:
+            dt = float(meta.get("dt", DEFAULT_DT))
+        except (TypeError, ValueError):
+            raise SpikepropError(f"the graph's metadata dt {meta.get('dt')!r} is not a number; give --dt") from None
+    if not (np.isfinite(dt) and dt > 0):
+        raise SpikepropError(f"dt must be a finite number of seconds > 0; got {dt}")
     chain = _chain(graph)
     nodes = [(name, graph.nodes[name], type(graph.nodes[name]).__name__) for name in chain[1:-1]]
     n_in = int(np.prod(graph.nodes[chain[0]].input_type["input"]))
@@ -340,9 +351,11 @@ def from_nir(graph, *, dt: float | None = None) -> Network:
         if kind not in ("Affine", "Linear"):
             raise SpikepropError(f"node '{name}' ({kind}) must follow an Affine or Linear node")
         w = np.asarray(node.weight, dtype=np.float64)
+        if not np.all(np.isfinite(w)):
+            raise SpikepropError(f"node '{name}': the weights hold NaN or infinite values")
         if w.ndim != 2 or w.shape[1] != n_prev:
             raise SpikepropError(f"node '{name}': weight shape {w.shape} does not take {n_prev} inputs")
-        b = np.asarray(node.bias, dtype=np.float64).reshape(-1) if kind == "Affine" else np.zeros(w.shape[0])
+        b = _arr(node.bias, w.shape[0], name, "bias") if kind == "Affine" else np.zeros(w.shape[0])
         nxt = nodes[i + 1] if i + 1 < len(nodes) else None
         if nxt is None:  # scores straight out of the Affine node, averaged over time
             readout = (w, b)
@@ -402,6 +415,7 @@ def export_run(run_dir: str | Path, path: str | Path, *, dt: float = DEFAULT_DT)
 
 
 INPUT_SIZES = {64: "digits", 784: "fashion-mnist"}  # the default dataset for an input size
+DATASET_SHAPES = {"digits": (64, 10), "fashion-mnist": (784, 10), "mnist": (784, 10)}  # (features, classes)
 
 
 def _shared_params(net: Network) -> LIFParams:
@@ -436,7 +450,7 @@ def import_run(path: str | Path, run_dir: str | Path, *, dataset: str | None = N
     from spikeprop.config import TrainConfig
     from spikeprop.data import load
     from spikeprop.rules import RULES
-    from spikeprop.train import build, versions
+    from spikeprop.train import build, checkpoint_state, start_run
 
     graph = load_nir(path)
     net = from_nir(graph, dt=dt)
@@ -446,34 +460,43 @@ def import_run(path: str | Path, run_dir: str | Path, *, dataset: str | None = N
     if dataset is None:
         raise SpikepropError(f"the graph takes {n_in} inputs, which matches no built-in dataset's default; "
                              "give --dataset")
+    if dataset not in DATASET_SHAPES:
+        raise SpikepropError(f"the graph's metadata names dataset {dataset!r}, which spikeprop does not know; give --dataset")
+    # Checks that need no data come first: a wrong dataset is an error before any file is read.
+    if DATASET_SHAPES[dataset] != (n_in, n_out):
+        raise SpikepropError(f"the graph maps {n_in} inputs to {n_out} classes but {dataset} has "
+                             f"{DATASET_SHAPES[dataset][0]} features and {DATASET_SHAPES[dataset][1]} classes")
     rule = rule or (meta.get("rule") if meta.get("rule") in RULES else "bptt")
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise SpikepropError(f"{run_dir} exists and is not empty; pick another --out")
-    ds = load(dataset, data_dir)
-    if (ds.n_features, ds.n_classes) != (n_in, n_out):
-        raise SpikepropError(f"the graph maps {n_in} inputs to {n_out} classes but {dataset} has {ds.n_features} "
-                             f"features and {ds.n_classes} classes")
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise SpikepropError(f"{run_dir} exists and is not an empty directory; pick another --out")
     params = _shared_params(net)
     base = recipe(dataset, rule)
+    meta_steps = meta.get("steps")
+    if steps is None and meta_steps is not None:
+        try:
+            steps = int(meta_steps)
+        except (TypeError, ValueError):
+            raise SpikepropError(f"the graph's metadata steps {meta_steps!r} is not an integer; give --steps") from None
     values = {
         **base, "rule": rule, "dataset": dataset, "data_dir": data_dir,
         "neurons": "if" if params.dv == 0 else "lif", "du": params.du, "dv": params.dv, "vth": params.vth,
         "hidden": list(net.sizes[1:-1]),
-        "steps": int(steps or meta.get("steps") or base.get("steps") or TrainConfig.steps),
+        "steps": steps if steps is not None else base.get("steps", TrainConfig.steps),
         "encoding": encoding or meta.get("encoding") or "direct",
     }
-    config = TrainConfig.from_dict(values)
+    config = TrainConfig.from_dict(values, source=f"the settings of {path}")
+    ds = load(dataset, data_dir)
     built, rule_obj, _ = build(config, ds)
     built.load_state_dict(net.state_dict())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_json(run_dir / runs.CONFIG, {**config.to_dict(), "versions": versions()})
-    runs.save_checkpoint(run_dir, {
-        "epoch": 0, "train_time_s": 0.0, "samples_seen": 0,
-        "architecture": built.describe(), "network": built.state_dict(), "rule": rule_obj.state_dict(),
-    })
-    runs.write_metrics(run_dir, [])
-    source = {"nir_file": str(path), "dt": float(meta.get("dt", DEFAULT_DT)) if dt is None else dt,
-              "graph_metadata": {k: str(v) for k, v in meta.items()}}
-    runs.write_json(run_dir / "import.json", source)
+    with runs.RunLock(run_dir):
+        if any(e.name != runs.LOCK for e in run_dir.iterdir()):
+            raise SpikepropError(f"{run_dir} is not empty; pick another --out")
+        start_run(run_dir, config)
+        runs.save_checkpoint(run_dir, checkpoint_state(config, built, rule_obj, epoch=0, train_time_s=0.0,
+                                                       samples_seen=0, metrics=[]))
+        runs.write_metrics(run_dir, [])
+        source = {"nir_file": str(path), "dt": float(meta.get("dt", DEFAULT_DT)) if dt is None else dt,
+                  "graph_metadata": {k: str(v) for k, v in meta.items()}}
+        runs.write_json(run_dir / "import.json", source)
     return config.to_dict()

@@ -191,6 +191,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """Write a figure atomically (a full disk or a killed process leaves the previous file)."""
+    import io
+
+    from spikeprop.runs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_raster(raster: list[torch.Tensor], label: int, path: Path) -> None:
     plt = _pyplot()
     L = len(raster)
@@ -206,7 +217,7 @@ def plot_raster(raster: list[torch.Tensor], label: int, path: Path) -> None:
     axes[0][0].set_ylabel("neuron")
     fig.suptitle(f"spike raster of test sample 0 (label {label})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -235,7 +246,7 @@ def plot_sparsity(summary: dict, path: Path) -> None:
     b.legend(fontsize=8, loc="upper right")
     b.set_title("activity")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -260,7 +271,7 @@ def plot_ensembles(summary: dict, path: Path) -> None:
                      "(numbers: shared units; diagonal: ensemble size)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 

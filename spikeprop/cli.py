@@ -8,28 +8,57 @@ argparse.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
 
 from spikeprop import SpikepropError
-from spikeprop.data import DATASETS
-from spikeprop.encoders import ENCODINGS
-from spikeprop.neurons import NEURON_KINDS
-from spikeprop.quantize import QUANTIZERS
-from spikeprop.rules import RULES
+
+# The heavy modules (torch, the rules, Lava) are imported inside ``main``, so that Ctrl-C while
+# they load is answered like any other interrupt instead of with a traceback.
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _hidden(text: str) -> tuple[int, ...]:
+    parts = [s.strip() for s in text.split(",")]
     try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+        sizes = tuple(int(s) for s in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of layer sizes, e.g. 500,500") from None
-    if not sizes or any(s < 1 for s in sizes):
+    if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"'{text}': layer sizes must be positive, e.g. 500,500")
     return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {n}")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return x
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
 
 
 def _rule_flag(rule: str, key: str) -> str:
@@ -37,6 +66,12 @@ def _rule_flag(rule: str, key: str) -> str:
 
 
 def _add_train(sub) -> None:
+    from spikeprop.data import DATASETS
+    from spikeprop.encoders import ENCODINGS
+    from spikeprop.neurons import NEURON_KINDS
+    from spikeprop.quantize import QUANTIZERS
+    from spikeprop.rules import RULES
+
     p = sub.add_parser(
         "train", help="train a network into a run directory",
         description="Train a LIF network with a learning rule. Defaults come from the dataset's recipe "
@@ -45,7 +80,7 @@ def _add_train(sub) -> None:
     p.add_argument("--rule", choices=sorted(RULES), help="learning rule (default: sigprop)")
     p.add_argument("--neurons", choices=NEURON_KINDS, help="lif: Lava LIF; if: Lava LIF with dv=0 (default: lif)")
     p.add_argument("--dataset", choices=DATASETS, help="dataset (default: digits, embedded)")
-    p.add_argument("--data-dir", help="directory holding the IDX files of fashion-mnist or mnist")
+    p.add_argument("--data-dir", type=_path, help="directory holding the IDX files of fashion-mnist or mnist")
     p.add_argument("--steps", type=int, help="time steps T per sample")
     p.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
     p.add_argument("--epochs", type=int, help="training epochs")
@@ -59,23 +94,24 @@ def _add_train(sub) -> None:
     p.add_argument("--vth", type=float, help="firing threshold")
     p.add_argument("--quantize", choices=QUANTIZERS, help="loihi: train with Loihi-2 8-bit weights (fake-quant, "
                    "straight-through) and 12-bit decays, so the fixed-point network keeps the accuracy (default: none)")
-    p.add_argument("--out", help="run directory (default: runs/<dataset>-<rule>-<neurons>-<time>)")
+    p.add_argument("--out", type=_path, help="run directory (default: runs/<dataset>-<rule>-<neurons>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (only --epochs and --device may change)")
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file of settings; flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", type=_path,
+                   help="continue an interrupted run (only --epochs and --device may change)")
+    p.add_argument("--config", metavar="FILE.toml", type=_path, help="TOML file of settings; flags override it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     for name, cls in sorted(RULES.items()):
         g = p.add_argument_group(f"--rule {name}", cls.summary)
         for key, opt in cls.OPTIONS.items():
             g.add_argument(_rule_flag(name, key), dest=f"opt__{name}__{key}", type=opt.type, choices=opt.choices,
                            metavar=key.upper() if opt.choices is None else None,
-                           help=f"{opt.help} (default: {opt.default})")
+                           help=f"{opt.help} (default: {opt.default}" + (f"; {opt.allowed})" if opt.allowed else ")"))
     p.set_defaults(func=cmd_train)
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="re-compute the test accuracy of a run from its checkpoint")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path)
     p.add_argument("--device", help="torch device (default: the run's)")
     p.add_argument("--limit", type=int, help="only the first N test samples")
     p.add_argument("--backend", choices=EVAL_BACKENDS, default="float",
@@ -90,9 +126,9 @@ def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="run test samples through the float network, the fixed-point emulator and "
                        "Lava's CPU simulator (fixed_pt, floating_pt); compare spike for spike; writes verify.json",
                        description="Exits with status 1 when the emulator and Lava fixed_pt disagree.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path)
     p.add_argument("--limit", type=int, default=100, help="test samples to run")
-    p.add_argument("--timeout", type=float, help="seconds before a Lava run counts as hung (default: from its size)")
+    p.add_argument("--timeout", type=_positive_float, help="seconds before a Lava run counts as hung (default: from its size)")
     p.set_defaults(func=cmd_verify)
 
 
@@ -102,32 +138,36 @@ EXPORT_TARGETS = ("nir", "lava")
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a run's network for another tool (--to nir: a NIR graph; "
                        "--to lava: Loihi-2 integers for hardware.lava, .npz)")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path)
     p.add_argument("--to", required=True, choices=EXPORT_TARGETS, help="target format")
-    p.add_argument("--out", required=True, help="output file (.nir for --to nir, .npz for --to lava)")
-    p.add_argument("--dt", type=float, default=1e-4, help="--to nir: seconds per time step written into the graph")
+    p.add_argument("--out", required=True, type=_path, help="output file (.nir for --to nir, .npz for --to lava)")
+    p.add_argument("--dt", type=_positive_float, default=1e-4, help="--to nir: seconds per time step written into the graph")
     p.set_defaults(func=cmd_export)
 
 
 def _add_import(sub) -> None:
+    from spikeprop.data import DATASETS
+    from spikeprop.encoders import ENCODINGS
+    from spikeprop.rules import RULES
+
     p = sub.add_parser("import", help="read a NIR graph into a run directory (for evaluate, verify, export)",
                        description="Read a NIR graph (Input, Affine/Linear, LIF/IF/CubaLIF, read-out) into a run "
                                    "directory. Unset settings come from the graph's metadata, then the dataset's "
                                    "recipe; the dataset defaults by input size (64: digits, 784: fashion-mnist).")
-    p.add_argument("nir_file", metavar="FILE.nir")
-    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("nir_file", metavar="FILE.nir", type=_path)
+    p.add_argument("--out", required=True, type=_path, help="run directory to create")
     p.add_argument("--dataset", choices=DATASETS, help="dataset the network classifies")
-    p.add_argument("--data-dir", help="directory holding the IDX files of fashion-mnist or mnist")
-    p.add_argument("--steps", type=int, help="time steps T per sample")
+    p.add_argument("--data-dir", type=_path, help="directory holding the IDX files of fashion-mnist or mnist")
+    p.add_argument("--steps", type=_positive_int, help="time steps T per sample")
     p.add_argument("--encoding", choices=ENCODINGS, help="input encoding (default: the graph's, else direct)")
     p.add_argument("--rule", choices=sorted(RULES), help="rule recorded for train --resume (default: the graph's, else bptt)")
-    p.add_argument("--dt", type=float, help="seconds per step (default: the graph's metadata dt, else 1e-4)")
+    p.add_argument("--dt", type=_positive_float, help="seconds per step (default: the graph's metadata dt, else 1e-4)")
     p.set_defaults(func=cmd_import)
 
 
 def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="sparsity, class ensembles and SynOps of a run; writes analysis.json and PNGs")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path)
     p.add_argument("--limit", type=int, default=1000, help="test samples to analyse")
     p.add_argument("--device", help="torch device (default: the run's)")
     p.set_defaults(func=cmd_analyze)
@@ -152,6 +192,7 @@ def resolve_train_config(args: argparse.Namespace):
     """Defaults < dataset recipe < --config file < flags, as one frozen TrainConfig."""
     from models import recipe
     from spikeprop.config import FIELDS, TrainConfig, read_toml
+    from spikeprop.validate import string
 
     flags = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
     flag_opts: dict[str, dict] = {}
@@ -161,15 +202,22 @@ def resolve_train_config(args: argparse.Namespace):
             flag_opts.setdefault(rule, {})[key] = v
     toml = read_toml(args.config) if args.config else {"rule_tables": {}}
     tables = toml.pop("rule_tables")
+    source = f"config file {args.config}" if args.config else "configuration"
     rule = flags.get("rule", toml.get("rule", TrainConfig.rule))
     dataset = flags.get("dataset", toml.get("dataset", TrainConfig.dataset))
+    try:  # the recipe is looked up by these two: check them before anything else
+        string("rule", rule), string("dataset", dataset)
+    except SpikepropError as e:
+        raise SpikepropError(f"{source}: {e}") from None
     for other in set(flag_opts) - {rule}:
         names = ", ".join(_rule_flag(other, k) for k in flag_opts[other])
         raise SpikepropError(f"{names} belong(s) to --rule {other}, but the rule is {rule}")
+    for other in set(tables) - {rule}:
+        raise SpikepropError(f"{args.config}: table [{other}] holds options of --rule {other}, but the rule is {rule}")
     base = recipe(dataset, rule)
     options = {**base.pop("rule_options", {}), **tables.get(rule, {}), **flag_opts.get(rule, {})}
     values = {**base, **toml, **flags, "rule_options": options}
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(values, source=source)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -180,18 +228,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = check_run_dir(args.resume)
         given = [k for k, v in vars(args).items()
-                 if v not in (None, False) and k not in ("resume", "epochs", "device", "command", "func", "no_progress")
-                 and not (k.startswith("opt__") and v is None)]
+                 if v not in (None, False) and k not in ("resume", "epochs", "device", "command", "func", "no_progress")]
         if given:
             raise SpikepropError(f"--resume continues {run_dir} with its own settings; only --epochs and --device "
-                                 f"may change (got: {', '.join('--' + g.replace('_', '-') for g in given)})")
+                                 f"may change (got: {', '.join('--' + g.replace('_', '-').replace('opt--', '') for g in given)})")
         raw = read_json(run_dir / CONFIG)
-        raw.pop("versions", None)
-        if args.epochs is not None:
-            raw["epochs"] = args.epochs
-        if args.device is not None:
-            raw["device"] = args.device
-        config = TrainConfig.from_dict(raw)
+        if isinstance(raw, dict):
+            if args.epochs is not None:
+                raw["epochs"] = args.epochs
+            if args.device is not None:
+                raw["device"] = args.device
+        config = TrainConfig.from_run(raw, str(run_dir / CONFIG))
         resume = True
     else:
         config = resolve_train_config(args)
@@ -200,30 +247,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{config.dataset}-{config.rule}-{config.neurons}-{stamp}"
-        if args.overwrite and run_dir.exists():
-            remove_run_dir(run_dir)
         resume = False
     print(f"spikeprop train: rule {config.rule}, neurons {config.neurons}, dataset {config.dataset}, "
           f"hidden {','.join(map(str, config.hidden))}, T={config.steps}, {config.epochs} epochs -> {run_dir}")
     progress = False if args.no_progress else None
-    summary = train(config, run_dir, resume=resume, progress=progress)
+    summary = train(config, run_dir, resume=resume, overwrite=bool(args.overwrite) and not resume, progress=progress)
+    sps = summary["samples_per_second"]
     print(f"test accuracy {summary['test_accuracy']:.4f} ({summary['dataset']}, {summary['rule']}, "
-          f"{summary['samples_per_second']:.0f} samples/s, peak memory {summary['peak_memory_mib']:.0f} MiB)")
+          f"{'-' if sps is None else f'{sps:.0f}'} samples/s, peak memory {summary['peak_memory_mib']:.0f} MiB)")
     print(f"run directory: {run_dir}")
     return 0
-
-
-def remove_run_dir(run_dir: Path) -> None:
-    """Delete a previous run (only a directory that is a spikeprop run or is empty)."""
-    import shutil
-
-    from spikeprop.runs import CONFIG
-
-    if not run_dir.is_dir():
-        raise SpikepropError(f"--overwrite: {run_dir} exists and is not a directory")
-    if any(run_dir.iterdir()) and not (run_dir / CONFIG).is_file():
-        raise SpikepropError(f"--overwrite: {run_dir} is not a spikeprop run directory; refusing to delete it")
-    shutil.rmtree(run_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -258,11 +291,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to == "lava":
         from hardware.loihi import export_run, resources
 
-        fnet = export_run(args.run_dir, args.out)
+        fnet, warnings = export_run(args.run_dir, args.out)
         res = resources(fnet)
         print(f"wrote {args.out}: Loihi-2 fixed point, {len(fnet.layers)} LIF layer(s) + read-out, "
               f"weight_exp {[la.weight_exp for la in fnet.layers]}, vth {[la.vth for la in fnet.layers]}; "
               f"{res['cores']} cores, {res['neurons']} neurons, {res['synapses']} synapses")
+        for w in warnings:
+            print(f"warning: {w}")
         return 0
     raise SpikepropError(f"--to {args.to} is not supported")
 
@@ -301,18 +336,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(command: str | None) -> str:
+    if command == "train":
+        return ("interrupted; the last completed epoch is in the checkpoint (continue with "
+                "spikeprop train --resume RUN_DIR)")
+    return "interrupted"
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an OS error: what failed on which path (a full disk says so)."""
+    where = f" {e.filename}" if e.filename else ""
+    what = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or type(e).__name__
+    return f"cannot access{where}: {what}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
         return args.func(args)
-    except SpikepropError as e:
-        print(f"spikeprop {args.command}: error: {e}", file=sys.stderr)
+    except SpikepropError as e:  # before OSError: a RunFileError is both
+        print(f"spikeprop {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"spikeprop {command}: error: {_os_error(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"spikeprop {args.command}: interrupted; the last completed epoch is in the checkpoint "
-              "(continue with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+        print(f"spikeprop{' ' + command if command else ''}: {_interrupted(command)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -12,11 +12,16 @@ rule for that rule's options::
     steps = 10
     [sigprop]
     tau = 0.1
+
+Every field is checked for its type and range when the value is made (``TrainConfig`` cannot
+hold a string learning rate, a boolean batch size, a NaN decay or a table for another rule), and
+the error names the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,32 @@ from spikeprop.data import DATASETS
 from spikeprop.encoders import ENCODINGS
 from spikeprop.neurons import NEURON_KINDS, LIFParams
 from spikeprop.quantize import QUANTIZERS, representable_params
+from spikeprop.validate import POSITIVE, UNIT, Range, check, integer, string, type_name
+
+# Limits a config may ask for. They are generous; they exist so that a typo (an extra zero or
+# ten) is an error before a multi-terabyte allocation or a seed torch cannot hold.
+MAX_STEPS = 100_000
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 2**20
+MAX_LAYER = 2**24  # neurons per hidden layer (a Loihi 2 chip holds 2**20)
+MAX_LAYERS = 64
+MAX_SEED = 2**32 - 1  # derived stream seeds (train.epoch_seed) stay below 2**63
+MAX_VTH = 1e6  # inputs are intensities in [0, 1]: a threshold this far above them never fires
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+# Per field: (what the value must be, the range of a number). hidden is checked on its own.
+FIELD_SPECS: dict[str, tuple[type, Range | None]] = {
+    "rule": (str, None), "neurons": (str, None), "dataset": (str, None), "encoding": (str, None),
+    "device": (str, None), "quantize": (str, None),
+    "steps": (int, Range(1, MAX_STEPS)), "epochs": (int, Range(1, MAX_EPOCHS)),
+    "batch_size": (int, Range(1, MAX_BATCH)), "seed": (int, Range(0, MAX_SEED)),
+    "lr": (float, POSITIVE), "du": (float, UNIT), "dv": (float, UNIT), "vth": (float, Range(0.0, MAX_VTH, low_open=True)),
+}
+CHOICES = {"neurons": NEURON_KINDS, "dataset": DATASETS, "encoding": ENCODINGS, "quantize": QUANTIZERS}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -53,36 +84,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from spikeprop.rules import RULES
 
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.neurons == "if":
-            object.__setattr__(self, "dv", 0.0)  # IF is Lava's LIF with dv = 0; record what runs
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
+        for name, (kind, allowed) in FIELD_SPECS.items():
+            put(name, check(_flag(name), getattr(self, name), kind, allowed, CHOICES.get(name)))
+        put("hidden", check_hidden(self.hidden))
+        if self.data_dir is not None:
+            put("data_dir", string("--data-dir", self.data_dir))
         if self.rule not in RULES:
             raise SpikepropError(f"unknown rule '{self.rule}' (choose from: {', '.join(sorted(RULES))})")
-        if self.neurons not in NEURON_KINDS:
-            raise SpikepropError(f"unknown neuron kind '{self.neurons}' (choose from: {', '.join(NEURON_KINDS)})")
-        if self.dataset not in DATASETS:
-            raise SpikepropError(f"unknown dataset '{self.dataset}' (choose from: {', '.join(DATASETS)})")
-        if self.encoding not in ENCODINGS:
-            raise SpikepropError(f"unknown encoding '{self.encoding}' (choose from: {', '.join(ENCODINGS)})")
-        if self.quantize not in QUANTIZERS:
-            raise SpikepropError(f"unknown --quantize '{self.quantize}' (choose from: {', '.join(QUANTIZERS)})")
-        for name in ("steps", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise SpikepropError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise SpikepropError(f"--hidden needs one or more positive layer sizes, e.g. 500,500; got {self.hidden}")
-        if not self.lr > 0:
-            raise SpikepropError(f"--lr must be > 0; got {self.lr}")
-        self.lif_params()  # validates du, dv, vth
-        rule_cls = RULES[self.rule]
-        unknown = set(self.rule_options) - set(rule_cls.OPTIONS)
-        if unknown:
-            raise SpikepropError(f"rule '{self.rule}' has no option(s) {', '.join(sorted(unknown))} "
-                                 f"(it has: {', '.join(rule_cls.OPTIONS) or 'none'})")
-        for key, value in self.rule_options.items():
-            opt = rule_cls.OPTIONS[key]
-            if opt.choices is not None and value not in opt.choices:
-                raise SpikepropError(f"--{self.rule}-{key.replace('_', '-')} must be one of {opt.choices}; got {value!r}")
+        if not DEVICE_PATTERN.match(self.device):
+            raise SpikepropError(f"--device must be cpu, cuda or cuda:N; got {self.device!r}")
+        if self.neurons == "if":
+            put("dv", 0.0)  # IF is Lava's LIF with dv = 0; record what runs
+        self.lif_params()  # validates du, dv, vth together
+        if not isinstance(self.rule_options, dict):
+            raise SpikepropError(f"rule_options must be a table of --{self.rule}-* options; got {type_name(self.rule_options)}")
+        put("rule_options", RULES[self.rule].check_options(self.rule_options))
 
     def lif_params(self) -> LIFParams:
         params = LIFParams.for_kind(self.neurons, du=self.du, dv=self.dv, vth=self.vth)
@@ -103,19 +120,55 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: Any, *, source: str = "configuration", complete: bool = False) -> TrainConfig:
+        """A config from plain values (a TOML file's, ``config.json``'s). ``complete``: every field
+        must be present (a run directory's ``config.json`` records all of them)."""
+        if not isinstance(d, dict):
+            raise SpikepropError(f"{source} must be a table of settings; got {type_name(d)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise SpikepropError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+            raise SpikepropError(f"{source}: unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+        if complete:
+            missing = names - set(d)
+            if missing:
+                raise SpikepropError(f"{source} lacks {', '.join(sorted(missing))}; it was not written by spikeprop "
+                                     "train (restore it or re-train)")
+        try:
+            return cls(**d)
+        except SpikepropError as e:
+            raise SpikepropError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_run(cls, raw: Any, source: str) -> TrainConfig:
+        """The config a run directory's ``config.json`` holds (``versions`` aside); every field required."""
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "versions"}
+        return cls.from_dict(raw, source=source, complete=True)
+
+    def architecture_key(self) -> dict:
+        """The settings a trained checkpoint depends on: every field but those a run may change
+        when it is resumed or moved (``epochs``, ``device``, ``data_dir``)."""
+        d = self.to_dict()
+        for k in ("epochs", "device", "data_dir"):
+            d.pop(k)
+        return d
+
+
+def check_hidden(value: Any) -> tuple[int, ...]:
+    """``--hidden``: a non-empty list of positive layer sizes."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise SpikepropError(f"--hidden must be a list of layer sizes, e.g. [500, 500]; got {type_name(value)}")
+    if not 1 <= len(value) <= MAX_LAYERS:
+        raise SpikepropError(f"--hidden needs 1 to {MAX_LAYERS} layer sizes; got {len(value)}")
+    return tuple(integer("--hidden", h, Range(1, MAX_LAYER)) for h in value)
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"rule_options"}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config into flat field values plus ``rule_options`` tables (by rule name)."""
+    """Read a TOML config into flat field values plus ``rule_tables`` (by rule name)."""
     from spikeprop.rules import RULES
 
     try:
@@ -123,8 +176,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise SpikepropError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SpikepropError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise SpikepropError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise SpikepropError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise SpikepropError(f"cannot read config file {path}: {e.strerror}") from None
     out: dict[str, Any] = {}
     tables: dict[str, dict] = {}
     for key, value in raw.items():
@@ -139,3 +198,4 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raise SpikepropError(f"{path}: unknown key '{key}' (known: {', '.join(sorted(FIELDS))})")
     out["rule_tables"] = tables
     return out
+

@@ -9,11 +9,16 @@
   ``$XDG_CACHE_HOME/spikeprop/<name>`` (default ``~/.cache/spikeprop/<name>``).
 
 Nothing is downloaded. A missing or corrupt file raises ``SpikepropError`` saying what to do.
+
+``SPIKEPROP_HIDE_SYSTEM_DATA=1`` leaves /usr/share/datasets out of the default directories, so
+that a machine with Debian's package behaves as a new user's machine without it (CI runs the
+test suite once that way, with an empty ``XDG_CACHE_HOME``).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -58,11 +63,15 @@ class Dataset:
         return x.to(torch.float32) / self.scale
 
 
+SYSTEM_DATA = Path("/usr/share/datasets")
+HIDE_SYSTEM_DATA = "SPIKEPROP_HIDE_SYSTEM_DATA"
+
+
 def default_dirs(name: str) -> list[Path]:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spikeprop" / name
     dirs = [cache]
-    if name == "fashion-mnist":
-        dirs.insert(0, Path("/usr/share/datasets/fashion-mnist"))
+    if name == "fashion-mnist" and os.environ.get(HIDE_SYSTEM_DATA, "") in ("", "0"):
+        dirs.insert(0, SYSTEM_DATA / "fashion-mnist")
     return dirs
 
 
@@ -124,8 +133,14 @@ def _load_idx_dataset(name: str, data_dir) -> Dataset:
                                  f"got {xi.ndim}-D and {yi.ndim}-D")
         if len(xi) != len(yi):
             raise SpikepropError(f"{name}: {len(xi)} {split} images but {len(yi)} labels")
-        if yi.size and yi.max() > 9:
+        if len(xi) == 0 or xi.shape[1] * xi.shape[2] == 0:
+            raise SpikepropError(f"{name}: the {split} split holds no samples (image array {xi.shape}); replace its files")
+        if yi.max() > 9:
             raise SpikepropError(f"{name}: {split} labels go up to {yi.max()}, expected 0..9")
+    train_shape, test_shape = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train_shape != test_shape:
+        raise SpikepropError(f"{name}: the train images are {train_shape[0]}x{train_shape[1]} but the test images are "
+                             f"{test_shape[0]}x{test_shape[1]}; the four files must come from one dataset")
     flat = lambda a: torch.from_numpy(a.reshape(len(a), -1).copy())  # noqa: E731
     return Dataset(
         name,
@@ -153,7 +168,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < header:
         raise SpikepropError(f"{path} is truncated inside its header; replace it")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # Python ints: np.prod would overflow int64 on a corrupt header
     if len(data) - header != expected:
         raise SpikepropError(f"{path} holds {len(data) - header} bytes of data but its header says "
                              f"{expected} (shape {shape}); the file is truncated or corrupt, replace it")

@@ -8,6 +8,7 @@ checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly as an uninterrupted ru
 
 from __future__ import annotations
 
+import math
 import platform
 import resource
 import sys
@@ -40,13 +41,44 @@ def check_device(device: str) -> str:
         raise SpikepropError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
     try:
         torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, AssertionError) as e:
         raise SpikepropError(f"--device {device} is not usable: {e}") from None
     return device
 
 
+# Bytes per trained weight while training: the value, its gradient and Adam's two moments (float32).
+TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes the process may still allocate on ``device`` (None when the OS does not say)."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_size(config: TrainConfig, ds: Dataset) -> None:
+    """Refuse a network whose weights alone would not fit in memory (a typo in --hidden), before allocating."""
+    sizes = [ds.n_features, *config.hidden, ds.n_classes]
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    need = weights * TRAINING_BYTES_PER_WEIGHT
+    free = available_memory(config.device)
+    if free is not None and need > free:
+        raise SpikepropError(f"the network {'-'.join(map(str, sizes))} has {weights:,} weights and needs about "
+                             f"{need / 2**30:.1f} GiB to train, but {config.device} has {free / 2**30:.1f} GiB free; "
+                             "use smaller --hidden sizes")
+
+
 def build(config: TrainConfig, ds: Dataset) -> tuple[Network, Rule, Encoder]:
     """The network (initial weights from the seed), its encoder and its rule."""
+    check_size(config, ds)
     g = torch.Generator().manual_seed(config.seed)
     net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(), generator=g)
     net.to(config.device)
@@ -58,6 +90,29 @@ def build(config: TrainConfig, ds: Dataset) -> tuple[Network, Rule, Encoder]:
     return net, rule, encoder
 
 
+def restore(config: TrainConfig, net: Network, rule: Rule, ckpt: dict, source: Path) -> None:
+    """Load a checkpoint into a freshly built network and rule, after checking that the checkpoint
+    was trained with ``config`` (``config.json``): an edited ``steps``, ``vth`` or rule would
+    otherwise change every result silently."""
+    stored = ckpt.get("config")
+    if stored is not None:
+        now = config.architecture_key()
+        diff = sorted(k for k in set(now) | set(stored) if now.get(k) != stored.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {stored.get(k)!r} in the checkpoint, {now.get(k)!r} in {runs.CONFIG}" for k in diff[:4])
+            raise SpikepropError(f"{source / runs.CHECKPOINT} was trained with other settings than {source / runs.CONFIG} "
+                                 f"says ({detail}); restore {runs.CONFIG} or re-train")
+    elif ckpt.get("architecture") != net.describe():  # format 1: only the architecture was recorded
+        raise SpikepropError(f"{source / runs.CHECKPOINT} holds a network {ckpt.get('architecture')} but "
+                             f"{source / runs.CONFIG} describes {net.describe()}; restore {runs.CONFIG} or re-train")
+    try:
+        net.load_state_dict(ckpt["network"])
+        rule.load_state_dict(ckpt["rule"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpikepropError(f"{source / runs.CHECKPOINT} does not match {runs.CONFIG}: {first}") from None
+
+
 def peak_memory_mib() -> float:
     """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -67,32 +122,75 @@ def versions() -> dict:
     return {"spikeprop": spikeprop.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train ``config`` into ``run_dir`` (created, or continued when ``resume``); return the summary."""
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train ``config`` into ``run_dir`` (created, or continued when ``resume``); return the summary.
+
+    The process holds the run directory's lock throughout. ``overwrite`` first deletes the run
+    already there (only a spikeprop run directory or an empty one).
+    """
     run_dir = Path(run_dir)
     check_device(config.device)
     ds = load(config.dataset, config.data_dir)
     net, rule, encoder = build(config, ds)
+    with runs.RunLock(run_dir) as lock:
+        if overwrite:
+            if any(e.name != runs.LOCK for e in run_dir.iterdir()) and not (run_dir / runs.CONFIG).is_file():
+                raise SpikepropError(f"--overwrite: {run_dir} is not a spikeprop run directory; refusing to delete it")
+            lock.clear()
+        return _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log)
+
+
+def checkpoint_state(config: TrainConfig, net: Network, rule: Rule, *, epoch: int, train_time_s: float,
+                     samples_seen: int, metrics: list[dict]) -> dict:
+    """What ``checkpoint.pt`` holds after ``epoch`` epochs (the one place its schema is spelled)."""
+    return {"epoch": epoch, "train_time_s": train_time_s, "samples_seen": samples_seen, "metrics": list(metrics),
+            "config": config.architecture_key(), "architecture": net.describe(),
+            "network": net.state_dict(), "rule": rule.state_dict()}
+
+
+def start_run(run_dir: Path, config: TrainConfig) -> None:
+    """Write ``config.json`` (the resolved settings and the library versions)."""
+    runs.write_json(run_dir / runs.CONFIG, {**config.to_dict(), "versions": versions()})
+
+
+def _epoch_metrics(sums: dict[str, float], n_batches: int) -> dict[str, float]:
+    return {k: v / n_batches for k, v in sums.items()}
+
+
+def _check_finite(metrics: dict, epoch: int, batch: int, last_good: int) -> None:
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise SpikepropError(f"epoch {epoch}, batch {batch}: {', '.join(bad)} became {metrics[bad[0]]} (training "
+                             f"diverged); the checkpoint of epoch {last_good} is kept. Lower --lr or the rule's "
+                             "learning rates")
+
+
+def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log) -> dict:
     start_epoch, train_time, samples_seen = 0, 0.0, 0
     if resume:
         ckpt = runs.load_checkpoint(run_dir, map_location=config.device)
-        net.load_state_dict(ckpt["network"])
-        rule.load_state_dict(ckpt["rule"])
+        restore(config, net, rule, ckpt, run_dir)
         start_epoch, train_time, samples_seen = ckpt["epoch"], ckpt["train_time_s"], ckpt["samples_seen"]
-        rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
+        # The checkpoint is the commit point: its rows are the run's metrics (a kill after the
+        # checkpoint and before metrics.jsonl is repaired here).
+        rows = ckpt["metrics"] if "metrics" in ckpt else [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
+        if len(rows) != start_epoch:
+            raise SpikepropError(f"{run_dir / runs.METRICS} has {len(rows)} rows for {start_epoch} trained epochs; "
+                                 "restore it or re-train")
+        if start_epoch >= config.epochs and (run_dir / runs.SUMMARY).is_file():
+            raise SpikepropError(f"nothing to train: {run_dir} already has {start_epoch} of {config.epochs} epochs "
+                                 "(give --epochs N to train more)")
         log(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         if (run_dir / runs.CHECKPOINT).exists():
             raise SpikepropError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
         rows = []
-    runs.write_json(run_dir / runs.CONFIG, {**config.to_dict(), "versions": versions()})
+    start_run(run_dir, config)
     runs.write_metrics(run_dir, rows)
 
     show = sys.stderr.isatty() if progress is None else progress
     n = len(ds.train_x)
-    test_acc = rows[-1]["test_accuracy"] if rows else None
     for epoch in range(start_epoch + 1, config.epochs + 1):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 0)))
         encoder.generator.manual_seed(epoch_seed(config.seed, epoch, 1))
@@ -107,36 +205,37 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
             y = ds.train_y[idx].to(config.device)
             # Rules with per-sample state (F3's delayed-error buffer) also get the dataset rows.
             metrics = rule.train_step(x, y, index=idx) if getattr(rule, "needs_index", False) else rule.train_step(x, y)
+            n_batches += 1
+            _check_finite(metrics, epoch, n_batches, epoch - 1)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-            n_batches += 1
             if "loss" in metrics:
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if config.device.startswith("cuda"):
             torch.cuda.synchronize()
+        if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+            raise SpikepropError(f"epoch {epoch}: the weights became non-finite (training diverged); the checkpoint "
+                                 f"of epoch {epoch - 1} is kept. Lower --lr or the rule's learning rates")
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
         samples_seen += n
         encoder.generator.manual_seed(epoch_seed(config.seed, 0, 2))  # evaluation spikes: same every epoch
         test_acc = accuracy(rule.predict, ds, "test", device=config.device)
-        row = {"epoch": epoch, "test_accuracy": test_acc, "epoch_time_s": epoch_time,
-               **{k: v / n_batches for k, v in sums.items()}}
+        row = {"epoch": epoch, "test_accuracy": test_acc, "epoch_time_s": epoch_time, **_epoch_metrics(sums, n_batches)}
         rows.append(row)
-        runs.save_checkpoint(run_dir, {
-            "epoch": epoch, "train_time_s": train_time, "samples_seen": samples_seen,
-            "architecture": net.describe(), "network": net.state_dict(), "rule": rule.state_dict(),
-        })
+        runs.save_checkpoint(run_dir, checkpoint_state(config, net, rule, epoch=epoch, train_time_s=train_time,
+                                                       samples_seen=samples_seen, metrics=rows))
         runs.write_metrics(run_dir, rows)
         extra = f"  train {row['train_accuracy']:.4f}" if "train_accuracy" in row else ""
         log(f"epoch {epoch}/{config.epochs}  loss {row.get('loss', float('nan')):.4f}{extra}  "
             f"test {test_acc:.4f}  ({epoch_time:.1f} s)")
 
-    if test_acc is None:
-        raise SpikepropError(f"nothing to train: the run already has {start_epoch} of {config.epochs} epochs")
+    if not rows:
+        raise SpikepropError(f"nothing to train: the run has 0 of {config.epochs} epochs")
     encoder.generator.manual_seed(epoch_seed(config.seed, 0, 2))
     act = activity(net, encoder, ds, device=config.device)
     summary = {
-        "test_accuracy": test_acc,
+        "test_accuracy": rows[-1]["test_accuracy"],
         "rule": config.rule, "neurons": config.neurons, "dataset": config.dataset,
         "steps": config.steps, "epochs": config.epochs, "hidden": list(config.hidden),
         "encoding": config.encoding, "seed": config.seed, "device": config.device,
@@ -152,22 +251,22 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     return summary
 
 
+def read_config(run_dir: Path, device: str | None = None) -> TrainConfig:
+    """The TrainConfig of a run directory (``config.json``, every field required), on ``device`` if given."""
+    raw = runs.read_json(run_dir / runs.CONFIG)
+    if device is not None and isinstance(raw, dict):
+        raw = {**raw, "device": device}
+    return TrainConfig.from_run(raw, str(run_dir / runs.CONFIG))
+
+
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, Dataset, Network, Rule, Encoder]:
     """Rebuild a trained run (config, dataset, network, rule, encoder) from its directory."""
     run_dir = runs.check_run_dir(run_dir)
-    raw = runs.read_json(run_dir / runs.CONFIG)
-    raw.pop("versions", None)
-    if device is not None:
-        raw["device"] = device
-    config = TrainConfig.from_dict(raw)
+    config = read_config(run_dir, device)
     check_device(config.device)
     ckpt = runs.load_checkpoint(run_dir, map_location=config.device)
     ds = load(config.dataset, config.data_dir)
     net, rule, encoder = build(config, ds)
-    try:
-        net.load_state_dict(ckpt["network"])
-        rule.load_state_dict(ckpt["rule"])
-    except (RuntimeError, KeyError) as e:
-        raise SpikepropError(f"{run_dir / runs.CHECKPOINT} does not match {runs.CONFIG}: {e}") from None
+    restore(config, net, rule, ckpt, run_dir)
     encoder.generator.manual_seed(epoch_seed(config.seed, 0, 2))
     return config, ds, net, rule, encoder

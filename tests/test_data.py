@@ -76,3 +76,15 @@ def test_label_count_mismatch(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(SpikepropError, match="unknown dataset"):
         load("cifar10")
+
+
+def test_hidden_system_data_makes_fashion_mnist_missing_as_on_a_new_machine(tmp_path, monkeypatch):
+    from spikeprop import data
+
+    monkeypatch.setenv(data.HIDE_SYSTEM_DATA, "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert data.SYSTEM_DATA / "fashion-mnist" not in data.default_dirs("fashion-mnist")
+    with pytest.raises(SpikepropError, match="not found"):
+        load("fashion-mnist")
+    monkeypatch.setenv(data.HIDE_SYSTEM_DATA, "0")
+    assert data.default_dirs("fashion-mnist")[0] == data.SYSTEM_DATA / "fashion-mnist"

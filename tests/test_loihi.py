@@ -315,3 +315,29 @@ def test_ff_deploys_with_the_neutral_label(tmp_path):
     float_pred = simulate(net, rule.deploy_input(x)).logits.argmax(1)
     emu_pred = emulate(fnet, payload).logits.argmax(1)
     assert (float_pred == emu_pred).float().mean() >= 0.95
+
+
+def test_a_layer_whose_exponent_is_clamped_reports_its_margin():
+    # 300 bright pixels through equal weights: the calibrated peak needs weight_exp < -8 to keep the
+    # 1-bit headroom (the Fashion-MNIST case); at -8 the layer keeps less and export says so.
+    net = Network((784, 4, 2), LIFParams(du=1.0, dv=0.15, vth=1.0))
+    with torch.no_grad():
+        net.weights[0].fill_(0.01)
+        net.readout.weight.fill_(0.1)
+    x = torch.zeros(1, 8, 784)
+    x[..., :300] = 1.0
+    x = x.expand(6, 8, 784)
+    fnet = quantize(net, x, encoding="direct", graded_input=True, input_scale=255.0)
+    cal = loihi.calibrate(loihi.deployed(net), x)
+    assert fnet.layers[0].weight_exp == loihi.WEIGHT_EXP_MIN
+    (m,) = loihi.margins(fnet, cal)
+    assert not m["kept"] and 0 < m["headroom_bits"] < loihi.HEADROOM_BITS
+    assert m["peak"] == pytest.approx(cal.peak[0] * 64 * fnet.layers[0].scale)
+    warnings = loihi.margin_warnings(fnet, cal)
+    assert len(warnings) == 1 and warnings[0].startswith("layer 1:")
+    # dimmer pixels need no clamp: the margin is kept and nothing is reported
+    dim = x * 0.1
+    fnet = quantize(net, dim, encoding="direct", graded_input=True, input_scale=255.0)
+    cal = loihi.calibrate(loihi.deployed(net), dim)
+    assert fnet.layers[0].weight_exp > loihi.WEIGHT_EXP_MIN and loihi.margin_warnings(fnet, cal) == []
+    assert loihi.margins(fnet, cal)[0]["headroom_bits"] >= loihi.HEADROOM_BITS

@@ -19,20 +19,26 @@ from typing import Any
 
 import torch
 
+from spikeprop import SpikepropError
 from spikeprop.encoders import Encoder
 from spikeprop.network import Network, simulate
+from spikeprop.validate import Range, check
 
 RULES: dict[str, type[Rule]] = {}
 
 
 @dataclass(frozen=True)
 class Option:
-    """One rule hyper-parameter: its type, default and help text (``--flag`` is the key)."""
+    """One rule hyper-parameter: its type, default, help text and allowed values (``--flag`` is the key).
+
+    allowed: the range of a number (None: any finite value); choices: the values of a string.
+    """
 
     type: type
     default: Any
     help: str
     choices: tuple | None = None
+    allowed: Range | None = None
 
 
 def register(name: str):
@@ -52,6 +58,20 @@ class Rule:
     name = "rule"
     OPTIONS: dict[str, Option] = {}
     summary = ""
+
+    @classmethod
+    def check_options(cls, options: dict) -> dict:
+        """``options`` (key -> value, from flags, a TOML table or config.json) checked against
+        ``OPTIONS``: known keys, the declared type, range and choices. Returns the normalised values."""
+        unknown = set(options) - set(cls.OPTIONS)
+        if unknown:
+            raise SpikepropError(f"rule '{cls.name}' has no option(s) {', '.join(sorted(map(str, unknown)))} "
+                                 f"(it has: {', '.join(cls.OPTIONS) or 'none'})")
+        out = {}
+        for key, value in options.items():
+            opt = cls.OPTIONS[key]
+            out[key] = check(f"--{cls.name}-{key.replace('_', '-')}", value, opt.type, opt.allowed, opt.choices)
+        return out
 
     def __init__(self, net: Network, config, encoder: Encoder):
         self.net = net

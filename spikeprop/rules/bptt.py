@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from spikeprop.network import simulate
 from spikeprop.rules import Option, Rule, register
+from spikeprop.validate import POSITIVE
 
 SURROGATES = {"atan": surrogate.atan, "fast_sigmoid": surrogate.fast_sigmoid}
 
@@ -24,7 +25,7 @@ class BPTT(Rule):
     summary = "surrogate-gradient backpropagation through time (baseline)"
     OPTIONS = {
         "surrogate": Option(str, "atan", "surrogate derivative of the spike (snntorch.surrogate)", ("atan", "fast_sigmoid")),
-        "alpha": Option(float, 2.0, "surrogate slope: alpha of atan, slope of fast_sigmoid"),
+        "alpha": Option(float, 2.0, "surrogate slope: alpha of atan, slope of fast_sigmoid", allowed=POSITIVE),
     }
 
     def __init__(self, net, config, encoder):

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
 from spikeprop.rules import Option, Rule, register
+from spikeprop.validate import POSITIVE
 
 FEEDBACK_INITS = ("uniform", "trinomial")
 
@@ -67,7 +68,7 @@ class FeedbackRule(Rule):
                       "atan(pi (z - vth)) / pi + 1/2, linear: z (slope 1)", ("threshold", "linear")),
         "init": Option(str, "uniform", "fixed random feedback matrices B_l: Kaiming-uniform or trinomial {-1, 0, 1}",
                        FEEDBACK_INITS),
-        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)"),
+        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)", allowed=POSITIVE),
     }
 
     def __init__(self, net, config, encoder):

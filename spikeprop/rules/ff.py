@@ -62,6 +62,7 @@ from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
 from spikeprop.rules import Option, Rule, register
 from spikeprop.rules.dfa import readout_gradients
+from spikeprop.validate import NON_NEGATIVE, POSITIVE
 
 GOODNESS = ("m2", "m1", "mean")
 
@@ -92,8 +93,8 @@ def hard_wrong_labels(y: torch.Tensor, scores: torch.Tensor, generator: torch.Ge
 class ForwardForward(Rule):
     summary = "Forward-Forward: per-layer goodness of the membrane, label in the input, wrong-label negatives"
     OPTIONS = {
-        "theta": Option(float, 0.2, "goodness threshold theta (G is a mean over neurons, in units of vth^2)"),
-        "alpha": Option(float, 30.0, "sharpness alpha of p(positive) = sigmoid(alpha (G - theta))"),
+        "theta": Option(float, 0.2, "goodness threshold theta (G is a mean over neurons, in units of vth^2)", allowed=NON_NEGATIVE),
+        "alpha": Option(float, 30.0, "sharpness alpha of p(positive) = sigmoid(alpha (G - theta))", allowed=POSITIVE),
         "loss": Option(str, "threshold", "threshold: softplus(alpha (theta - G_pos)) + softplus(alpha (G_neg - theta)); "
                        "symba: softplus(alpha (G_neg - G_pos)), the margin of the same image under its two labels",
                        ("threshold", "symba")),
@@ -103,11 +104,11 @@ class ForwardForward(Rule):
                           "(C passes); readout: one pass with a neutral label through the linear read-out",
                           ("goodness", "readout")),
         "label_scale": Option(float, 1.0, "input value of the label features (rate/latency encoders clip to [0, 1]; "
-                              "direct encoding passes larger values as a stronger current)"),
+                              "direct encoding passes larger values as a stronger current)", allowed=POSITIVE),
         "negatives": Option(str, "uniform", "wrong label of the negative: uniform over the C - 1 wrong ones, or hard: "
                             "drawn in proportion to the read-out's softmax on the neutral-label pass (Hinton's hard negatives)",
                             ("uniform", "hard")),
-        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)"),
+        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)", allowed=POSITIVE),
     }
 
     def __init__(self, net, config, encoder):

@@ -87,6 +87,7 @@ from spikeprop.network import simulate
 from spikeprop.rules import Option, Rule, register
 from spikeprop.rules.dfa import threshold_slope
 from spikeprop.rules.sigprop import surrogate_activation
+from spikeprop.validate import NON_NEGATIVE, POSITIVE, Range
 
 REPS = ("threshold", "linear", "rate", "current")
 
@@ -110,24 +111,26 @@ class _Traces(MembraneTraces):
 class PEPITA(Rule):
     summary = "PEPITA: a second pass on the input modulated by the output error (x - F e); per-layer membrane differences"
     OPTIONS = {
-        "F_scale": Option(float, 0.05, "scale of the fixed feedback matrix F relative to He-uniform(n_in)"),
+        "F_scale": Option(float, 0.05, "scale of the fixed feedback matrix F relative to He-uniform(n_in)", allowed=POSITIVE),
         "wm": Option(str, "off", "weight mirroring of the factorised F = B_1 ... B_{L+1} (Srinivasan et al.)", ("off", "on")),
-        "eta_wm": Option(float, 0.01, "learning rate eta_WM of weight mirroring"),
-        "sigma_wm": Option(float, 0.1, "standard deviation of the mirroring noise x~"),
-        "wd_wm": Option(float, 1e-4, "weight decay of the mirrored B_l"),
-        "wm_pre_steps": Option(int, 100, "batches of mirroring only before PEPITA updates start (with --pepita-wm on)"),
+        "eta_wm": Option(float, 0.01, "learning rate eta_WM of weight mirroring", allowed=NON_NEGATIVE),
+        "sigma_wm": Option(float, 0.1, "standard deviation of the mirroring noise x~", allowed=POSITIVE),
+        "wd_wm": Option(float, 1e-4, "weight decay of the mirrored B_l", allowed=NON_NEGATIVE),
+        "wm_pre_steps": Option(int, 100, "batches of mirroring only before PEPITA updates start (with --pepita-wm on)",
+                               allowed=NON_NEGATIVE),
         "rep": Option(str, "current", "what the passes compare: threshold: f(z) = atan(pi (z - vth)) / pi + 1/2, "
                       "the update then scaled by f'(z_err) (the ReLU gate of PEPITA); linear: z; rate: the spike rates "
                       "r = counts / T; current: the mean synaptic current mean_t u[t], scaled by f'(z)", REPS),
-        "readout_lr": Option(float, 1e-3, "learning rate of the read-out (Adam on its delta-rule gradient)"),
+        "readout_lr": Option(float, 1e-3, "learning rate of the read-out (Adam on its delta-rule gradient)", allowed=POSITIVE),
         "output": Option(str, "ce", "read-out update: ce: e^T r (pass 1, its true cross-entropy gradient); modulated: "
                          "e^T r_err (ICLR code); second: e_err^T r_err (ICML tutorial)", ("ce", "modulated", "second")),
         "pre": Option(str, "clean", "presynaptic factor of the hidden updates: err: pass 2's traces (x - F e; the papers); "
                       "clean: pass 1's traces (x)", ("err", "clean")),
         "optimizer": Option(str, "adam", "optimizer of the hidden weights: adam, or sgd with momentum (the papers': "
                             "SGD, momentum 0.9, lr 0.01)", ("adam", "sgd")),
-        "momentum": Option(float, 0.9, "momentum of --pepita-optimizer sgd"),
-        "wd": Option(float, 0.0, "weight decay of the hidden weights (Adam's L2 term; Srinivasan et al. use 1e-4)"),
+        "momentum": Option(float, 0.9, "momentum of --pepita-optimizer sgd", allowed=Range(0.0, 1.0, high_open=True)),
+        "wd": Option(float, 0.0, "weight decay of the hidden weights (Adam's L2 term; Srinivasan et al. use 1e-4)",
+                     allowed=NON_NEGATIVE),
     }
 
     def __init__(self, net, config, encoder):

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
 from spikeprop.rules import Option, Rule, register
+from spikeprop.validate import POSITIVE
 
 REPRESENTATIONS = ("threshold", "tanh", "linear")
 
@@ -73,10 +74,10 @@ class SigProp(Rule):
     OPTIONS = {
         "variant": Option(str, "voltage", "loss on the voltage v (exact eligibility traces, memory flat in T) "
                           "or on a surrogate f(v) (autograd inside each layer)", ("voltage", "surrogate")),
-        "tau": Option(float, 0.1, "temperature of the cosine-similarity logits"),
+        "tau": Option(float, 0.1, "temperature of the cosine-similarity logits", allowed=POSITIVE),
         "rep": Option(str, "threshold", "voltage variant's representation r(z) of z = mean_t v: threshold: "
                       "f(z) (f as in the surrogate variant), tanh: tanh(z / vth), linear: z", REPRESENTATIONS),
-        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)"),
+        "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)", allowed=POSITIVE),
     }
 
     def __init__(self, net, config, encoder):
