@@ -895,7 +895,7 @@ class DeployEncoder:
         self.rule, self.encoder = rule, encoder
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rule.deploy_input(x, self.encoder)
+        return self.rule.deploy_input(self.rule.options, x, self.encoder, self.rule.net.sizes[-1])
 
     def __getattr__(self, name):  # kind, steps, binary, generator: the wrapped encoder's
         return getattr(self.encoder, name)

@@ -38,7 +38,7 @@ def ff_with_true_label(run_dir: Path, limit: int) -> dict:
     from spikeprop.train import load_run
 
     config, ds, net, rule, _ = load_run(run_dir)
-    summary, _ = analyze(net, rule, ds, limit=limit, device=config.device, drive=lambda x, y: rule._encode(x, y))
+    summary, _ = analyze(net, rule, ds, limit=limit, device=config.device, drive=lambda x, y: rule.encode(x, y))
     summary = json_safe(summary)
     runs.write_json(run_dir / "analysis-true-label.json", summary)
     return summary

@@ -85,14 +85,6 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
-def inference_input(rule, x: torch.Tensor) -> torch.Tensor:
-    """The input [T, B, n_in] the network sees when ``rule`` predicts ``x`` through its read-out.
-
-    FF writes a label into the first input features; its read-out pass uses the neutral label.
-    """
-    return rule.deploy_input(x)
-
-
 @torch.no_grad()
 def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, limit: int = 1000, device: str = "cpu",
@@ -278,7 +270,8 @@ def plot_ensembles(summary: dict, path: Path) -> None:
 def analyze(net: Network, rule, ds: Dataset, *, limit: int = 1000, device: str = "cpu",
             drive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> tuple[dict, dict]:
     """(summary, raw arrays) of ``net`` driven as ``rule`` drives it at inference (or by ``drive(x, y)``)."""
-    drive = drive or (lambda x, y: inference_input(rule, x))
+    # The input the read-out path sees (FF: the neutral label in its label features).
+    drive = drive or (lambda x, y: rule.deploy_input(rule.options, x, rule.encoder, net.sizes[-1]))
     data = collect(net, drive, rule.predict, ds, limit=limit, device=device)
     return summarize(data, ds.n_classes), data
 

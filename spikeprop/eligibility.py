@@ -1,7 +1,7 @@
 """Exact membrane-only gradients, forward in time: presynaptic eligibility traces.
 
 With the input spikes of a layer and its own spikes and reset amounts held constant
-(``reset_grad='constant'``, research/rules.md §1.2), Lava's LIF is linear in ``W`` and ``bias``::
+(``reset_grad='constant'``: the reset removes a constant amount), Lava's LIF is linear in ``W`` and ``bias``::
 
     du[t]/dW_ji = eps_u_i[t] = (1 - du) eps_u_i[t-1] + s_in_i[t]
     dv[t]/dW_ji = eps_v_i[t] = (1 - dv) eps_v_i[t-1] + eps_u_i[t]
@@ -97,3 +97,19 @@ class MembraneTraces:
     def bias_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
         """``dL/dbias`` [n_out] given ``dz = dL/dz`` [B, n_out]."""
         return dz.sum(0) * (self._eb_sum[layer] / self.steps)
+
+
+class CurrentTraces(MembraneTraces):
+    """``MembraneTraces`` that also sums each layer's synaptic current ``u`` (for ``mean_t u[t]``)."""
+
+    def __init__(self, params, constant_input: bool = False):
+        super().__init__(params, constant_input)
+        self.u_sum: list[torch.Tensor | float] = [0.0] * len(params)
+
+    def __call__(self, layer: int, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
+        super().__call__(layer, t, s_in, step)
+        self.u_sum[layer] = step.state.u.detach() + (self.u_sum[layer] if t else 0.0)
+
+    def mean_u(self, layer: int) -> torch.Tensor:
+        """``mean_t u[t]``, [B, n_out]."""
+        return self.u_sum[layer] / self.steps

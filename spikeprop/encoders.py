@@ -39,8 +39,17 @@ class Encoder:
         """True when the encoder emits 0/1 spikes (Lava: binary messages), False for currents."""
         return self.kind != "direct"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *, overlay: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N] intensities -> [T, B, N].
+
+        overlay [B, k]: values that replace the first k features (FF's label). Direct encoding sends
+        them as currents as they are (a label current may exceed 1); the spike encodings clamp them
+        to [0, 1] like every intensity.
+        """
         x = x.clamp(0.0, 1.0)
+        if overlay is not None:
+            x = x.clone()
+            x[:, : overlay.shape[1]] = overlay.clamp(0.0, 1.0) if self.binary else overlay
         T = self.steps
         if self.kind == "direct":
             return x.unsqueeze(0).expand(T, *x.shape)

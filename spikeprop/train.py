@@ -204,7 +204,7 @@ def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log
             x = ds.intensities(ds.train_x[idx]).to(config.device)
             y = ds.train_y[idx].to(config.device)
             # Rules with per-sample state (F3's delayed-error buffer) also get the dataset rows.
-            metrics = rule.train_step(x, y, index=idx) if getattr(rule, "needs_index", False) else rule.train_step(x, y)
+            metrics = rule.train_step(x, y, index=idx) if rule.needs_index else rule.train_step(x, y)
             n_batches += 1
             _check_finite(metrics, epoch, n_batches, epoch - 1)
             for k, v in metrics.items():

@@ -414,3 +414,55 @@ case("import --dt 0", "import {file} --out {tmp}/imp --dt 0", "--dt", nir_file(l
 case("import a wrong dataset", "import {file} --out {tmp}/imp --dataset fashion-mnist", "64 inputs", nir_file(lambda n: None))
 case("import into a file", "import {file} --out {file}", "not an empty directory", nir_file(lambda n: None))
 case("import not a NIR file", "import {file} --out {tmp}/imp", "not a readable NIR", toml("x = 1"))
+
+
+# --- more of the same, for every remaining flag and field ----------------------------------------
+for text, phrase in [
+    ("hidden = [1e9]", "--hidden"), ("steps = -1", "--steps"), ("steps = 1e9", "--steps"), ("seed = -1", "--seed"),
+    ("seed = 1.5", "--seed"), ('vth = "1"', "--vth"), ("du = true", "--du"), ("epochs = 0", "--epochs"),
+    ("batch_size = 0", "--batch-size"), ('[sigprop]\nvariant = "nope"', "--sigprop-variant"),
+    ("[sigprop]\nrep = 5", "--sigprop-rep"), ('rule = "pepita"\n[pepita]\nwm_pre_steps = 1.5', "--pepita-wm-pre-steps"),
+    ('rule = "ff"\n[ff]\nlabel_scale = -1', "--ff-label-scale"), ("[sigprop.deeper]\nx = 1", "no option"),
+    ("[sigprop]\ntau = [0.1]", "--sigprop-tau"), ('neurons = "hh"', "--neurons"), ("dv = -inf", "--dv"),
+    ("vth = 1e300", "--vth"), ("lr = 0", "--lr"), ('device = "cuda:"', "--device"), ("hidden = [[1]]", "--hidden"),
+    ("hidden = [" + ", ".join(["4"] * 65) + "]", "1 to 64"), ("rule = true", "rule"), ("dataset = 7", "dataset"),
+]:
+    case(f"toml {text!r}", "train --config {file} --out {tmp}/new --no-progress", phrase, toml(text))
+
+for name, change, phrase in [
+    ("rule_options is a list", _set(rule_options=[1]), "rule_options"),
+    ("hidden is a string", _set(hidden="8"), "--hidden"),
+    ("device meta", _set(device="meta"), "--device"),
+    ("seed 1e30", _set(seed=1e30), "--seed"),
+    ("data_dir 5", _set(data_dir=5), "--data-dir"),
+    ("dataset unknown", _set(dataset="cifar"), "--dataset"),
+    ("rule option out of range", lambda raw: raw["rule_options"].update(tau=-1), "--sigprop-tau"),
+    ("rule option unknown", lambda raw: raw["rule_options"].update(colour=1), "no option"),
+    ("Infinity", lambda raw: json.dumps(raw).replace('"vth": 1.0', '"vth": Infinity'), "corrupt"),
+]:
+    case(f"evaluate: config.json {name}", "evaluate {run}", phrase, edit_config(change))
+    case(f"resume: config.json {name}", "train --resume {run} --epochs 2 --no-progress", phrase, edit_config(change))
+case("evaluate: config.json epochs 0", "evaluate {run}", "--epochs", edit_config(_set(epochs=0)))
+
+for cmd in ("evaluate {run} --backend loihi", "analyze {run}", "export {run} --to lava --out {tmp}/n.npz",
+            "export {run} --to nir --out {tmp}/n.nir", "verify {run}"):
+    name = cmd.replace(" {run}", "").replace(" --out {tmp}/n.", " ").replace(" --to ", " to ")
+    case(f"{name}: run dir missing", cmd.replace("{run}", "{tmp}/missing"), "does not exist")
+    case(f"{name}: checkpoint bit flipped", cmd, "CRC", flip_tensor_byte)
+    case(f"{name}: config.json edited steps", cmd, "other settings", edit_config(_set(steps=3)))
+for flag in ("evaluate {run} --device meta", "analyze {run} --device banana", "train --resume {run} --device meta"):
+    case(flag.replace(" {run}", ""), flag, "--device")
+for argv, phrase in [
+    ("train --rule nope", "--rule"), ("train --encoding morse", "--encoding"), ("train --neurons hh", "--neurons"),
+    ("train --quantize int4", "--quantize"), ("train --dataset cifar", "--dataset"), ("export {run} --to onnx --out x", "--to"),
+    ("export {run} --to nir", "--out"), ("evaluate {run} --backend gpu", "--backend"), ("import {tmp}/x.nir", "--out"),
+    ("train --steps ten", "--steps"), ("train --seed 1.5", "--seed"), ("train --lr fast", "--lr"),
+    ("train --sigprop-tau abc", "--sigprop-tau"), ("train --pepita-wm-pre-steps 2.5", "--pepita-wm-pre-steps"),
+    ("evaluate {run} --limit x", "--limit"), ("verify {run} --timeout soon", "--timeout"),
+    ("import {tmp}/x.nir --out {tmp}/y --steps 0", "--steps"),
+    ("nonsense", "invalid choice"), ("train --epochs", "expected one argument"),
+]:
+    case(f"argv: {argv}", argv, phrase)
+case("train --data-dir is a file", "train --dataset mnist --data-dir {file} --out {tmp}/x", "not a directory", toml("x"))
+case("train: mnist without files", "train --dataset mnist --data-dir {tmp} --out {tmp}/x", "not found")
+case("import: missing file", "import {tmp}/none.nir --out {tmp}/imp", "does not exist")

@@ -44,7 +44,7 @@ def is_clean_error(code: int, err: str) -> bool:
 
 
 def test_the_table_is_large():
-    assert len(CASES) >= 200 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 280 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

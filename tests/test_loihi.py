@@ -312,7 +312,7 @@ def test_ff_deploys_with_the_neutral_label(tmp_path):
     payload = fnet.payload(xin)
     assert int(payload[0, 0, 0]) == 32 and fnet.input_bits >= 6  # 2.0 x the digits' scale 16
     _, _, _, rule, _ = load_run(run)
-    float_pred = simulate(net, rule.deploy_input(x)).logits.argmax(1)
+    float_pred = simulate(net, rule.deploy_input(rule.options, x, rule.encoder, net.sizes[-1])).logits.argmax(1)
     emu_pred = emulate(fnet, payload).logits.argmax(1)
     assert (float_pred == emu_pred).float().mean() >= 0.95
 

@@ -21,9 +21,9 @@ from spikeprop.evaluate import accuracy
 from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFParams
 from spikeprop.rules import RULES
-from spikeprop.rules.dfa import threshold_slope
-from spikeprop.rules.ff import hard_wrong_labels, overlay, wrong_labels
-from spikeprop.rules.sigprop import surrogate_activation
+from spikeprop.rules.ff import hard_wrong_labels, label_currents, wrong_labels
+from spikeprop.rules.local import threshold_activation as surrogate_activation
+from spikeprop.rules.local import threshold_slope
 from spikeprop.train import build
 
 FAMILY = ("ff", "pepita", "f3", "dfa", "shallow")
@@ -160,7 +160,7 @@ def test_pepita_equals_autograd_through_the_membrane_of_pass_two():
 def test_pepita_current_and_rate_equal_autograd_through_the_membrane_of_pass_one(rep):
     """Spiking layers: dz from the passes' mean currents u = W s_in (du = 1) or rates, traces of pass 1."""
     rule, x, y, got, xin = pepita_gradients(rep=rep, pre="clean", F_scale=2.0)
-    net, T = rule.net, rule.config.steps
+    net, T = rule.net, rule.encoder.steps
     with torch.no_grad():
         _, res1 = membrane_reference(net, xin)
         e = torch.softmax(res1.logits, 1) - F.one_hot(y, 3)
@@ -190,7 +190,7 @@ def test_pepita_sgd_steps_with_momentum_and_resumes():
     W0 = rule.net.weights[0].detach().clone()
     rule.train_step(x, y)
     g1 = rule.net.weights[0].grad.clone()
-    torch.testing.assert_close(rule.net.weights[0].detach(), W0 - rule.config.lr * g1)
+    torch.testing.assert_close(rule.net.weights[0].detach(), W0 - rule.lr * g1)
     W1 = rule.net.weights[0].detach().clone()
     state = {k: v for k, v in rule.state_dict().items()}
     twin = make_rule("pepita", optimizer="sgd", momentum=0.5)
@@ -201,7 +201,7 @@ def test_pepita_sgd_steps_with_momentum_and_resumes():
     rule.train_step(x, y)
     twin.train_step(x, y)
     g2 = rule.net.weights[0].grad
-    torch.testing.assert_close(rule.net.weights[0].detach(), W1 - rule.config.lr * (0.5 * g1 + g2))
+    torch.testing.assert_close(rule.net.weights[0].detach(), W1 - rule.lr * (0.5 * g1 + g2))
     torch.testing.assert_close(twin.net.weights[0].detach(), rule.net.weights[0].detach())
 
 
@@ -245,8 +245,8 @@ def test_ff_gradient_matches_finite_differences(goodness):
 
     def loss():
         with torch.no_grad():
-            xin = torch.cat([rule._encode(x, y), rule._encode(x, y_neg)], dim=1)
-            G, counts = rule.goodness(xin)
+            xin = torch.cat([rule.encode(x, y), rule.encode(x, y_neg)], dim=1)
+            G, counts = rule.goodness(xin)[:2]
             assert all(float(c.sum()) == 0 for c in counts)
             return float(sum(rule.layer_losses([g[:6] for g in G], [g[6:] for g in G])))
 
@@ -271,11 +271,17 @@ def test_ff_gradient_stays_inside_each_layer():
     """With spikes, layer 2's loss must not reach layer 1 (detached spikes, constant resets)."""
     rule = make_rule("ff", sizes=(14, 8, 6, 3))
     x, y = batch(n_in=14)
-    xin = rule._encode(x, y)
-    G, counts = rule.goodness(xin)
+    xin = rule.encode(x, y)
+    G, counts = rule.goodness(xin)[:2]
     assert float(counts[0].sum()) > 0
     grads = torch.autograd.grad(G[1].sum(), [rule.net.weights[0], rule.net.weights[1]], allow_unused=True)
     assert grads[0] is None and float(grads[1].abs().sum()) > 0
+
+
+def overlay(x, labels, n_classes, scale):
+    out = x.clone()
+    out[:, :n_classes] = label_currents(labels, n_classes, scale, x)
+    return out
 
 
 def test_ff_labels():
@@ -293,13 +299,13 @@ def test_ff_label_scale_above_one_is_a_direct_current():
     rule = make_rule("ff", sizes=(14, 8, 6, 3), label_scale=4.0)
     x, _ = batch(n_in=14)
     x[0, 5] = 1.5  # an image intensity is still clamped
-    xin = rule._encode(x, torch.tensor([2, 0, 1, 2, 0, 1]))
+    xin = rule.encode(x, torch.tensor([2, 0, 1, 2, 0, 1]))
     assert xin.shape == (5, 6, 14) and xin.stride(0) == 0
     assert xin[3, 0, :3].tolist() == [0.0, 0.0, 4.0] and xin[3, 1, :3].tolist() == [4.0, 0.0, 0.0] and xin[0, 0, 5] == 1.0
     torch.testing.assert_close(xin[:, :, 3:], x[:, 3:].clamp(0, 1).expand(5, 6, 11))
-    assert torch.allclose(rule._encode(x, None)[2, :, :3], torch.full((6, 3), 4.0 / 3))
+    assert torch.allclose(rule.encode(x, None)[2, :, :3], torch.full((6, 3), 4.0 / 3))
     rule = make_rule("ff", sizes=(14, 8, 6, 3), encoding="rate", label_scale=4.0)  # spikes stay binary
-    assert set(rule._encode(x, torch.zeros(6, dtype=torch.long)).unique().tolist()) <= {0.0, 1.0}
+    assert set(rule.encode(x, torch.zeros(6, dtype=torch.long)).unique().tolist()) <= {0.0, 1.0}
 
 
 def test_ff_hard_negatives_follow_the_readout_softmax_over_wrong_labels():
@@ -324,11 +330,11 @@ def test_ff_predicts_by_goodness_over_labels_or_one_pass_readout():
     x, _ = batch(n_in=14)
     scores = rule.predict(x)
     assert scores.shape == (6, 3)
-    xin = rule._encode(x, torch.full((6,), 2))
-    G, _ = rule.goodness(xin)
+    xin = rule.encode(x, torch.full((6,), 2))
+    G = rule.goodness(xin).G
     torch.testing.assert_close(scores[:, 2], G[1].detach())  # layers >= 2 only
     rule.options["predict"] = "readout"
-    torch.testing.assert_close(rule.predict(x), simulate(rule.net, rule._encode(x, None)).logits)
+    torch.testing.assert_close(rule.predict(x), simulate(rule.net, rule.encode(x, None)).logits)
 
 
 def test_shallow_trains_only_the_readout():

@@ -14,14 +14,14 @@ from snntorch import surrogate
 from torch.nn import functional as F
 
 from spikeprop.network import simulate
-from spikeprop.rules import Option, Rule, register
+from spikeprop.rules.base import AbstractRule, Option, register
 from spikeprop.validate import POSITIVE
 
 SURROGATES = {"atan": surrogate.atan, "fast_sigmoid": surrogate.fast_sigmoid}
 
 
 @register("bptt")
-class BPTT(Rule):
+class BPTT(AbstractRule):
     summary = "surrogate-gradient backpropagation through time (baseline)"
     OPTIONS = {
         "surrogate": Option(str, "atan", "surrogate derivative of the spike (snntorch.surrogate)", ("atan", "fast_sigmoid")),
@@ -33,19 +33,15 @@ class BPTT(Rule):
         make = SURROGATES[self.options["surrogate"]]
         self.spike_fn = make(alpha=self.options["alpha"]) if self.options["surrogate"] == "atan" \
             else make(slope=self.options["alpha"])
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=self.lr)
 
-    def train_step(self, x, y):
-        res = simulate(self.net, self.encoder(x), spike_fn=self.spike_fn, reset_grad="stop")
-        loss = F.cross_entropy(res.logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+    def optimizers(self):
+        return [self.optimizer]
+
+    def gradients(self, x, y, index=None):
+        with torch.enable_grad():
+            res = simulate(self.net, self.encoder(x), spike_fn=self.spike_fn, reset_grad="stop")
+            loss = F.cross_entropy(res.logits, y)
+            loss.backward()
         acc = (res.logits.argmax(1) == y).float().mean()
         return {"loss": loss.item(), "train_accuracy": float(acc)}
-
-    def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state):
-        self.optimizer.load_state_dict(state["optimizer"])

@@ -2,7 +2,7 @@
 
 One forward pass. The read-out's output error ``e = softmax(logits) - onehot(y)`` [B, C] is sent
 to every hidden layer through a fixed random matrix ``B_l`` [C, n_l] and taken as the gradient of
-the layer's representation of its time-mean membrane voltage (research/rules.md §6.2, §5.3)::
+the layer's representation of its time-mean membrane voltage::
 
     z_l = mean_t v_l[t]                                    (pre-reset voltage, [B, n_l])
     dL/dz_l := (e B_l) * f'(z_l) / B                       (f as below; f' = 1 for rep 'linear')
@@ -24,19 +24,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn import functional as F
 
 from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
-from spikeprop.rules import Option, Rule, register
+from spikeprop.rules.base import AbstractRule, Option, register
+from spikeprop.rules.local import apply_signals, output_error, readout_gradients, threshold_slope
 from spikeprop.validate import POSITIVE
 
 FEEDBACK_INITS = ("uniform", "trinomial")
-
-
-def threshold_slope(z: torch.Tensor, vth: float) -> torch.Tensor:
-    """``f'(z)`` of ``f(z) = atan(pi (z - vth)) / pi + 1/2``: ``1 / (1 + (pi (z - vth))^2)``."""
-    return 1.0 / (1.0 + (math.pi * (z - vth)) ** 2)
 
 
 def feedback_matrix(n_classes: int, n: int, init: str, generator: torch.Generator) -> torch.Tensor:
@@ -49,18 +44,7 @@ def feedback_matrix(n_classes: int, n: int, init: str, generator: torch.Generato
     raise ValueError(f"init must be one of {FEEDBACK_INITS}, not '{init}'")
 
 
-def readout_gradients(net, rates: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the read-out on detached rates [B, n_L]; sets the read-out's .grad.
-
-    Returns (loss, logits). The read-out is the only layer a rule trains with its true gradient.
-    """
-    logits = net.readout(rates.detach())
-    loss = F.cross_entropy(logits, y)
-    net.readout.weight.grad, net.readout.bias.grad = torch.autograd.grad(loss, (net.readout.weight, net.readout.bias))
-    return loss.detach(), logits.detach()
-
-
-class FeedbackRule(Rule):
+class FeedbackRule(AbstractRule):
     """One forward pass, an error broadcast to each layer's mean voltage, Adam on every layer."""
 
     OPTIONS = {
@@ -74,48 +58,45 @@ class FeedbackRule(Rule):
     def __init__(self, net, config, encoder):
         super().__init__(net, config, encoder)
         n_classes = net.sizes[-1]
-        g = torch.Generator().manual_seed(config.seed + 1)
         like = net.readout.weight  # fixed matrices share the network's device and dtype
-        self.B = [feedback_matrix(n_classes, n, self.options["init"], g).to(like) for n in net.sizes[1:-1]]
-        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=config.lr)
+        self.B = [feedback_matrix(n_classes, n, self.options["init"], self.generator).to(like) for n in net.sizes[1:-1]]
+        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
+
+    def optimizers(self):
+        return [self.optimizer, self.readout_optimizer]
 
     def hidden_error(self, e: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """The error vector [B, C] broadcast to the hidden layers (DFA: the current error ``e``)."""
         return e
 
+    def layer_signals(self, error: torch.Tensor, traces: MembraneTraces) -> list[torch.Tensor]:
+        """``dL/dz_l = (error B_l) * f'(z_l) / B`` per hidden layer (module docstring)."""
+        B = error.shape[0]
+        signals = []
+        for layer in range(self.net.n_layers):
+            dz = error @ self.B[layer] / B
+            if self.options["rep"] == "threshold":
+                dz = dz * threshold_slope(traces.mean_v(layer), self.net.params[layer].vth)
+            signals.append(dz)
+        return signals
+
+    @torch.no_grad()
     def gradients(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, float]:
         """Set ``.grad`` of every trained tensor for one batch; return the metrics."""
         net = self.net
         xin = self.encoder(x)
-        T, B = xin.shape[0], xin.shape[1]
-        with torch.no_grad():
-            traces = MembraneTraces(net.params)
-            res = simulate(net, xin, reset_grad="constant", observer=traces)
-        with torch.enable_grad():
-            loss, logits = readout_gradients(net, res.counts[-1] / T, y)
-        with torch.no_grad():
-            e = torch.softmax(logits, 1) - F.one_hot(y, net.sizes[-1]).to(logits.dtype)
-            signal = self.hidden_error(e, y, index)
-            for layer in range(net.n_layers):
-                dz = signal @ self.B[layer] / B
-                if self.options["rep"] == "threshold":
-                    dz = dz * threshold_slope(traces.mean_v(layer), net.params[layer].vth)
-                net.weights[layer].grad = traces.weight_grad(layer, dz)
-                net.biases[layer].grad = traces.bias_grad(layer, dz)
+        traces = MembraneTraces(net.params)
+        res = simulate(net, xin, reset_grad="constant", observer=traces)
+        loss, logits = readout_gradients(net, res.counts[-1] / xin.shape[0], y)
+        apply_signals(net, traces, self.layer_signals(self.hidden_error(output_error(logits, y), y, index), traces))
         return {"loss": float(loss), "train_accuracy": float((logits.argmax(1) == y).float().mean())}
 
-    def train_step(self, x, y, index=None):
-        return self.apply_gradients(lambda: self.gradients(x, y, index), self.optimizer, self.readout_optimizer)
+    def extra_state(self):
+        return {"B": [b.clone() for b in self.B]}
 
-    def state_dict(self):
-        return {"B": [b.clone() for b in self.B], "optimizer": self.optimizer.state_dict(),
-                "readout_optimizer": self.readout_optimizer.state_dict()}
-
-    def load_state_dict(self, state):
+    def load_extra_state(self, state):
         self.B = [b.to(self.net.readout.weight) for b in state["B"]]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.readout_optimizer.load_state_dict(state["readout_optimizer"])
 
 
 @register("dfa")

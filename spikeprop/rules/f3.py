@@ -3,7 +3,7 @@
 DFA's machinery (``spikeprop.rules.dfa``: one forward pass, ``dL/dz_l := (eps B_l) * f'(z_l) / B``
 on the time-mean voltage, eligibility traces, true gradient for the read-out), with the error
 ``eps_i`` of sample ``i`` taken from a per-sample buffer filled when ``i`` was last seen, i.e. one
-epoch old (research/rules.md §5.1, §5.3). In the sign convention of ``e = softmax - onehot``:
+epoch old. In the sign convention of ``e = softmax - onehot``:
 
     delayed_error           eps_i = e_i^(k-1)                   (F³-Error, the default)
     delayed_error_one_hot   eps_i = y_i * e_i^(k-1)             (one-hot target scaled by the
@@ -12,7 +12,7 @@ epoch old (research/rules.md §5.1, §5.3). In the sign convention of ``e = soft
 
 A sample not seen yet uses ``-y_i`` (the buffer starts at the one-hot target: epoch 1 is DRTP).
 The buffer is written right after each step with the error computed in that step, before the
-update. It is indexed by the dataset row (``train_step(x, y, index=...)``; ``needs_index``), grows
+update. It is indexed by the dataset row (``train_step(x, y, index)``; ``needs_index``), grows
 as rows are seen, and is part of the rule's state, so a resumed run continues exactly.
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from spikeprop import SpikepropError
-from spikeprop.rules import Option, register
+from spikeprop.rules.base import Option, register
 from spikeprop.rules.dfa import FeedbackRule
 
 MODES = ("delayed_error", "delayed_error_one_hot", "one_hot_target")
@@ -52,7 +52,7 @@ class F3(FeedbackRule):
 
     def hidden_error(self, e, y, index):
         if index is None:
-            raise SpikepropError("--rule f3 needs the dataset row of every sample (train_step(x, y, index=rows))")
+            raise SpikepropError("--rule f3 needs the dataset row of every sample (train_step(x, y, index))")
         index = index.to(self.seen.device)
         self._grow(int(index.max()) + 1)
         target = F.one_hot(y, e.shape[1]).to(e.dtype)
@@ -68,11 +68,11 @@ class F3(FeedbackRule):
         self.seen[index] = True
         return eps
 
-    def state_dict(self):
-        return {**super().state_dict(), "buffer": self.buffer.clone(), "seen": self.seen.clone()}
+    def extra_state(self):
+        return {**super().extra_state(), "buffer": self.buffer.clone(), "seen": self.seen.clone()}
 
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
+    def load_extra_state(self, state):
+        super().load_extra_state(state)
         device = self.net.readout.weight.device
         self.buffer = state["buffer"].to(device)
         self.seen = state["seen"].to(device)

@@ -1,16 +1,15 @@
 """Forward-Forward (Hinton 2022) with goodness on the membrane potential of each LIF layer.
 
-The label is written into the first C input features (one-hot at ``label_scale``; research/rules.md
-§3.1, §3.5). Positive data carries the true label, negative data the same image with a wrong label
-(never the true one): ``--ff-negatives uniform`` draws it uniformly from the C - 1 others (loeweX),
-``hard`` in proportion to the read-out's softmax over the wrong labels on this batch's neutral-label
-pass (Hinton's hard negatives; he used the network's predicted probabilities; the read-out is the
-one-pass predictor that is already computed on every batch, so hard negatives cost nothing). Each
-layer's goodness is read from its membrane (``v`` in units of ``vth``, mean over the layer's n
-neurons)::
+The label is written into the first C input features (one-hot at ``label_scale``). Positive data
+carries the true label, negative data the same image with a wrong label (never the true one):
+``--ff-negatives uniform`` draws it uniformly from the C - 1 others (loeweX), ``hard`` in proportion
+to the read-out's softmax over the wrong labels on this batch's neutral-label pass (Hinton's hard
+negatives; he used the network's predicted probabilities; the read-out is the one-pass predictor
+that is already computed on every batch, so hard negatives cost nothing). Each layer's goodness is
+read from its membrane (``v`` in units of ``vth``, mean over the layer's n neurons)::
 
-    m2    G = mean_t mean_j relu(v_pre_j[t] / vth)^2    (pre-reset voltage, §3.5 M2; the default)
-    m1    G = mean_t mean_j relu(v_j[t] / vth)^2        (post-reset voltage, §3.5 M1; with Lava's
+    m2    G = mean_t mean_j relu(v_pre_j[t] / vth)^2    (pre-reset voltage; the default)
+    m1    G = mean_t mean_j relu(v_j[t] / vth)^2        (post-reset voltage; with Lava's
                                                           reset to zero a spike empties it)
     mean  G = mean_j relu(z_j / vth)^2,  z = mean_t v_pre[t]   (exact traces, memory flat in T)
 
@@ -19,40 +18,29 @@ neurons)::
 
 All layers update on every batch from the sum of their losses. Layers read detached spikes and
 the spikes and reset amounts are constants (``reset_grad='constant'``), so each loss reaches only
-its own layer's ``W_l`` and bias, through the membrane (§1.2; ``m1``/``m2`` use autograd over the
+its own layer's ``W_l`` and bias, through the membrane (``m1``/``m2`` use autograd over the
 layer's T steps, ``mean`` the eligibility traces). Between layers only spikes pass.
 
 Prediction (``--ff-predict``): ``goodness`` runs the net once per label and takes the argmax of
-the goodness accumulated over the layers (all but the first when there are two or more, §3.1(a)):
-C passes. ``readout`` is the one-pass alternative (§3.1(b)): the input carries the neutral label
+the goodness accumulated over the layers (all but the first when there are two or more):
+C passes. ``readout`` is the one-pass alternative: the input carries the neutral label
 (``label_scale / C`` in every label feature) and the network's linear read-out on the last
 layer's mean spike count gives the scores. The read-out is trained on every batch (cross-entropy
 on the detached neutral-label rates, Adam ``readout_lr``) whatever ``predict`` is, so every FF
 network deploys to Lava like the others (Dense -> LIF layers and a linear read-out, the neutral
 label a constant input).
 
-Deviations from Hinton's paper, with what they bought on Fashion-MNIST (784-1000-10, T = 10, direct
-encoding, batch 128; test accuracy after 1/2/3 epochs, goodness prediction, seed 0):
-
-- ``label_scale`` > 1. With direct encoding the label features bypass the encoder's clamp to [0, 1]
-  and enter as a current of ``label_scale`` (rate/latency spikes stay binary, so there it is capped
-  at 1). Only 10 of 784 inputs carry the label; under Adam a scale s acts as an s-times larger
-  learning rate and initial weight for the label's columns of ``W_1``. Scale 4 vs 1: 80.0/81.0/82.7 %
-  vs 76.2/78.4/- %.
-- Hard negatives from the read-out (above), not from C goodness passes: 73.4/80.2/81.8 % vs the
-  uniform 76.2/78.4/- % at lr 5e-4 (at lr 1e-3: 75.7/81.5/83.0 %).
-- Together, with lr 1e-3 (the Fashion-MNIST recipe: ``label_scale`` 4, ``negatives`` hard, lr 1e-3):
-  82.8/84.0/84.1 % (lr 5e-4: 81.4/83.1/83.5 %); 20 epochs (seeds 0/1, 48 s/epoch on one core): 86.8/86.5 %
-  at epoch 10, 87.95/87.82 % at 20 (uniform, scale 1, lr 5e-4: 85.0 %). Also measured and not adopted:
-  lr 2e-3 alone 72.9/77.0/80.9 %; ``--ff-loss symba`` alone 71.6/77.5/78.9 %. The one-pass read-out
-  on the neutral label is better than goodness with uniform negatives at scale 1 (81.5 vs 78.4 % at
-  epoch 2) but worse with ``label_scale`` 4 (79.6 vs 82.7 % at epoch 3; hard: 82.2 vs 83.5 %), and
-  after the recipe's 20 epochs it gives 75.8 % (goodness 87.95 %): probably because the neutral label
-  (0.4 in every label input) is far from anything W_1 is trained on. Defaults stay uniform and 1
-  (digits and rate/latency encodings are unchanged).
+Deviations from Hinton's paper (measured on Fashion-MNIST; the figures are in docs/rules.md):
+``label_scale`` > 1 with direct encoding (the label enters as a current of that size; only 10 of 784
+inputs carry it), and hard negatives from the read-out; the Fashion-MNIST recipe uses both with lr
+1e-3. The one-pass read-out on the neutral label is weaker than goodness prediction with that
+recipe (75.8 % against 87.95 % after 20 epochs): the neutral label (0.4 in every label input) is
+far from anything W_1 is trained on.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -60,21 +48,29 @@ from torch.nn import functional as F
 from spikeprop import SpikepropError
 from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
-from spikeprop.rules import Option, Rule, register
-from spikeprop.rules.dfa import readout_gradients
+from spikeprop.rules.base import AbstractRule, Option, register
+from spikeprop.rules.local import apply_signals, readout_gradients
 from spikeprop.validate import NON_NEGATIVE, POSITIVE
 
 GOODNESS = ("m2", "m1", "mean")
 
 
-def overlay(x: torch.Tensor, labels: torch.Tensor | None, n_classes: int, scale: float) -> torch.Tensor:
-    """``x`` [B, n_in] with its first C features replaced by the one-hot label (None: neutral 1/C)."""
-    out = x.clone()
+def label_currents(labels: torch.Tensor | None, n_classes: int, scale: float, like: torch.Tensor) -> torch.Tensor:
+    """The values [B, C] written into the first C input features: the one-hot label times ``scale``,
+    or the neutral label ``scale / C`` everywhere (``labels`` None); ``like`` [B, n_in] gives B, dtype, device."""
     if labels is None:
-        out[:, :n_classes] = scale / n_classes
-    else:
-        out[:, :n_classes] = F.one_hot(labels, n_classes).to(x.dtype) * scale
-    return out
+        return torch.full((like.shape[0], n_classes), scale / n_classes, dtype=like.dtype, device=like.device)
+    return F.one_hot(labels, n_classes).to(like.dtype) * scale
+
+
+class Goodness(NamedTuple):
+    """Per layer: the goodness G [B] (differentiable in W_l) and the spike counts [B, n]; for
+    ``--ff-goodness mean`` also the traces and the mean voltages z it was computed from."""
+
+    G: list[torch.Tensor]
+    counts: list[torch.Tensor]
+    traces: MembraneTraces | None = None
+    z: list[torch.Tensor] | None = None
 
 
 def wrong_labels(y: torch.Tensor, n_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,7 +86,7 @@ def hard_wrong_labels(y: torch.Tensor, scores: torch.Tensor, generator: torch.Ge
 
 
 @register("ff")
-class ForwardForward(Rule):
+class ForwardForward(AbstractRule):
     summary = "Forward-Forward: per-layer goodness of the membrane, label in the input, wrong-label negatives"
     OPTIONS = {
         "theta": Option(float, 0.2, "goodness threshold theta (G is a mean over neurons, in units of vth^2)", allowed=NON_NEGATIVE),
@@ -117,24 +113,24 @@ class ForwardForward(Rule):
         if net.sizes[0] <= self.n_classes:
             raise SpikepropError(f"--rule ff writes the label into the first {self.n_classes} inputs; "
                                  f"the data has only {net.sizes[0]}")
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=config.lr)
+        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
-    def _encode(self, x, labels, encoder=None):
-        encoder = encoder or self.encoder
-        scale = self.options["label_scale"]
-        xin = encoder(overlay(x, labels, self.n_classes, scale))
-        if encoder.kind == "direct" and scale > 1:  # the encoder clamps to [0, 1]: a current may be larger
-            xin = overlay(xin[0], labels, self.n_classes, scale).unsqueeze(0).expand_as(xin)
-        return xin
+    def optimizers(self):
+        return [self.optimizer, self.readout_optimizer]
 
-    def deploy_input(self, x, encoder=None):
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The input [T, B, n_in] of ``x`` with ``labels`` (None: the neutral label) in its first C features."""
+        return self.encoder(x, overlay=label_currents(labels, self.n_classes, self.options["label_scale"], x))
+
+    @classmethod
+    def deploy_input(cls, options, x, encoder, n_classes):
         """The read-out path's input: ``x`` with the neutral label (``label_scale / C``) in the label features."""
-        return self._encode(x, None, encoder)
+        scale = cls.resolve_options(options)["label_scale"]
+        return encoder(x, overlay=label_currents(None, n_classes, scale, x))
 
-    def goodness(self, xin: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer, the goodness G [B] of ``xin`` [T, B, n_in] (differentiable in W_l) and the counts."""
+    def goodness(self, xin: torch.Tensor) -> Goodness:
+        """Per layer, the goodness of ``xin`` [T, B, n_in] (module docstring) and the spike counts."""
         net, kind = self.net, self.options["goodness"]
         T = xin.shape[0]
         if kind == "mean":
@@ -142,9 +138,8 @@ class ForwardForward(Rule):
                 traces = MembraneTraces(net.params)
                 res = simulate(net, xin, reset_grad="constant", observer=traces)
             z = [traces.mean_v(layer).requires_grad_(torch.is_grad_enabled()) for layer in range(net.n_layers)]
-            self._traces = (traces, z)
             G = [(F.relu(zl / p.vth) ** 2).mean(1) for zl, p in zip(z, net.params)]
-            return G, res.counts
+            return Goodness(G, res.counts, traces, z)
         sums: dict[int, torch.Tensor] = {}
 
         def observer(layer, t, s_in, step):
@@ -153,7 +148,7 @@ class ForwardForward(Rule):
             sums[layer] = g if t == 0 else sums[layer] + g
 
         res = simulate(net, xin, reset_grad="constant", observer=observer)
-        return [sums[layer] / T for layer in range(net.n_layers)], res.counts
+        return Goodness([sums[layer] / T for layer in range(net.n_layers)], res.counts)
 
     def layer_losses(self, G_pos: list[torch.Tensor], G_neg: list[torch.Tensor]) -> list[torch.Tensor]:
         theta, alpha = self.options["theta"], self.options["alpha"]
@@ -161,34 +156,30 @@ class ForwardForward(Rule):
             return [F.softplus(alpha * (gn - gp)).mean() for gp, gn in zip(G_pos, G_neg)]
         return [(F.softplus(alpha * (theta - gp)) + F.softplus(alpha * (gn - theta))).mean() for gp, gn in zip(G_pos, G_neg)]
 
-    def gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, index=None) -> dict[str, float]:
         """Set ``.grad`` of every trained tensor for one batch (module docstring); return the metrics."""
         net = self.net
         B = x.shape[0]
         with torch.no_grad():
-            xin0 = self._encode(x, None)
+            xin0 = self.encode(x, None)
             res0 = simulate(net, xin0)
         if self.options["negatives"] == "hard":
             y_neg = hard_wrong_labels(y, net.readout(res0.counts[-1] / xin0.shape[0]), self.generator)
         else:
             y_neg = wrong_labels(y, self.n_classes, self.generator)
-        xin = torch.cat([self._encode(x, y), self._encode(x, y_neg)], dim=1)
+        xin = torch.cat([self.encode(x, y), self.encode(x, y_neg)], dim=1)
         with torch.enable_grad():
-            G, _ = self.goodness(xin)
-            G_pos, G_neg = [g[:B] for g in G], [g[B:] for g in G]
+            good = self.goodness(xin)
+            G_pos, G_neg = [g[:B] for g in good.G], [g[B:] for g in good.G]
             losses = self.layer_losses(G_pos, G_neg)
             total = sum(losses)
-            if self.options["goodness"] == "mean":
-                traces, z = self._traces
-                dz = torch.autograd.grad(total, z)
-                for layer in range(net.n_layers):
-                    net.weights[layer].grad = traces.weight_grad(layer, dz[layer])
-                    net.biases[layer].grad = traces.bias_grad(layer, dz[layer])
+            if good.traces is not None:
+                apply_signals(net, good.traces, torch.autograd.grad(total, good.z))
             else:
                 hidden = [*net.weights, *net.biases]
                 for p, g in zip(hidden, torch.autograd.grad(total, hidden)):
                     p.grad = g
-            readout_loss, logits = readout_gradients(net, res0.counts[-1] / xin0.shape[0], y)
+        readout_loss, logits = readout_gradients(net, res0.counts[-1] / xin0.shape[0], y)
         metrics = {"loss": float(total.detach()), "readout_loss": float(readout_loss),
                    "train_accuracy": float((logits.argmax(1) == y).float().mean())}
         for i, (loss, gp, gn) in enumerate(zip(losses, G_pos, G_neg)):
@@ -197,26 +188,14 @@ class ForwardForward(Rule):
             metrics[f"layer{i + 1}_G_neg"] = float(gn.detach().mean())
         return metrics
 
-    def train_step(self, x, y):
-        return self.apply_gradients(lambda: self.gradients(x, y), self.optimizer, self.readout_optimizer)
-
     @torch.no_grad()
     def predict(self, x):
         if self.options["predict"] == "readout":
-            return simulate(self.net, self._encode(x, None)).logits
+            return super().predict(x)
         layers = range(1 if self.net.n_layers > 1 else 0, self.net.n_layers)
         scores = []
         for c in range(self.n_classes):
             labels = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)
-            G, _ = self.goodness(self._encode(x, labels))
+            G = self.goodness(self.encode(x, labels)).G
             scores.append(sum(G[layer] for layer in layers))
         return torch.stack(scores, 1)
-
-    def state_dict(self):
-        return {"generator": self.generator.get_state(), "optimizer": self.optimizer.state_dict(),
-                "readout_optimizer": self.readout_optimizer.state_dict()}
-
-    def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.readout_optimizer.load_state_dict(state["readout_optimizer"])

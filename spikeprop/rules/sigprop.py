@@ -3,7 +3,7 @@
 Two streams run through the same LIF layers: the data ``x`` (through ``W_1``) and the target,
 a one-hot label ``c`` projected by a learned ``S_1`` (constant current ``S_1 c`` at every step)
 into layer 1, then through ``W_2 ... W_L`` like the data. Each layer has its own loss on its own
-membrane voltages and nothing else (research/rules.md §1.2, §2.3):
+membrane voltages and nothing else:
 
     z_h = mean_t v_h[t],  z_t = mean_t v_t[t]                 (pre-reset voltages, [B, n])
     r   = f(z),  f(z) = atan(pi (z - vth)) / pi + 1/2          (bounded, centred on the threshold)
@@ -18,9 +18,10 @@ representation is centred on the threshold so that a layer's code lives in volta
 it fire: with ``tanh(z / vth)`` the loss is as happy with strongly inhibited neurons, deeper
 layers stop receiving spikes and a two-layer net on digits falls to 24 % (measured; one layer
 is unaffected). The ``surrogate`` variant (sigprop's "SP Surrogate") puts the loss on
-``r = mean_t f(v[t])`` and uses autograd inside each layer (memory grows with T for it). A plain L2 loss is not offered: it collapses
-(rules.md §2.6). The read-out is a linear layer on the detached mean spike count of the last
-layer, trained with cross-entropy.
+``r = mean_t f(v[t])`` and uses autograd inside each layer (memory grows with T for it). A plain
+L2 loss between the streams is not offered: it collapses (both streams map to one point). The
+read-out is a linear layer on the detached mean spike count of the last layer, trained with
+cross-entropy.
 """
 
 from __future__ import annotations
@@ -32,21 +33,9 @@ from torch.nn import functional as F
 
 from spikeprop.eligibility import MembraneTraces
 from spikeprop.network import simulate
-from spikeprop.rules import Option, Rule, register
+from spikeprop.rules.base import AbstractRule, Option, register
+from spikeprop.rules.local import REPRESENTATIONS, apply_signals, represent, threshold_activation
 from spikeprop.validate import POSITIVE
-
-REPRESENTATIONS = ("threshold", "tanh", "linear")
-
-
-def represent(z: torch.Tensor, vth: float, rep: str) -> torch.Tensor:
-    """The bounded per-layer representation a local loss compares (module docstring)."""
-    if rep == "threshold":
-        return surrogate_activation(z, vth)
-    if rep == "tanh":
-        return torch.tanh(z / vth)
-    if rep == "linear":
-        return z
-    raise ValueError(f"rep must be one of {REPRESENTATIONS}, not '{rep}'")
 
 
 def sigprop_loss(r_h: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,13 +52,8 @@ def sigprop_loss(r_h: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor, tau: flo
     return loss, match
 
 
-def surrogate_activation(v: torch.Tensor, vth: float) -> torch.Tensor:
-    """``f(v) = atan(pi (v - vth)) / pi + 1/2``: a smooth stand-in for the spike, used only in the loss."""
-    return torch.atan(math.pi * (v - vth)) / math.pi + 0.5
-
-
 @register("sigprop")
-class SigProp(Rule):
+class SigProp(AbstractRule):
     summary = "Signal Propagation with a local loss on each layer's membrane voltage"
     OPTIONS = {
         "variant": Option(str, "voltage", "loss on the voltage v (exact eligibility traces, memory flat in T) "
@@ -83,14 +67,15 @@ class SigProp(Rule):
     def __init__(self, net, config, encoder):
         super().__init__(net, config, encoder)
         n_classes = net.sizes[-1]
-        g = torch.Generator().manual_seed(config.seed + 1)
         bound = 1.0 / math.sqrt(n_classes)
-        # S_1: the label projection into layer 1 (rules.md §2.2: learned by the layer's loss).
-        s1 = (torch.rand(net.sizes[1], n_classes, generator=g) * 2 - 1) * bound
+        # S_1: the label projection into layer 1, learned by the layer's loss.
+        s1 = (torch.rand(net.sizes[1], n_classes, generator=self.generator) * 2 - 1) * bound
         self.S1 = torch.nn.Parameter(s1.to(net.weights[0].device))
-        self.hidden_params = [*net.weights, *net.biases, self.S1]
-        self.optimizer = torch.optim.Adam(self.hidden_params, lr=config.lr)
+        self.optimizer = torch.optim.Adam([*net.weights, *net.biases, self.S1], lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
+
+    def optimizers(self):
+        return [self.optimizer, self.readout_optimizer]
 
     def _class_targets(self, T: int, like: torch.Tensor) -> torch.Tensor:
         """The target stream's input for every class once: one-hot rows [T, C, C], constant in time.
@@ -103,19 +88,16 @@ class SigProp(Rule):
         c = torch.eye(C, dtype=like.dtype, device=like.device)
         return c.unsqueeze(0).expand(T, C, C)
 
-    def train_step(self, x, y):
+    def gradients(self, x, y, index=None):
         xin = self.encoder(x)
-        self.optimizer.zero_grad(set_to_none=True)
         if self.options["variant"] == "voltage":
             losses, matches, counts = self._voltage_grads(xin, y)
         else:
             losses, matches, counts = self._surrogate_grads(xin, y)
-        self.optimizer.step()
-        logits = self.net.readout(counts[-1].detach() / xin.shape[0])
-        readout_loss = F.cross_entropy(logits, y)
-        self.readout_optimizer.zero_grad(set_to_none=True)
-        readout_loss.backward()
-        self.readout_optimizer.step()
+        with torch.enable_grad():
+            logits = self.net.readout(counts[-1].detach() / xin.shape[0])
+            readout_loss = F.cross_entropy(logits, y)
+            readout_loss.backward()
         metrics = {"loss": float(sum(losses)), "readout_loss": readout_loss.item(),
                    "train_accuracy": float((logits.argmax(1) == y).float().mean())}
         for i, (loss, match) in enumerate(zip(losses, matches)):
@@ -136,23 +118,20 @@ class SigProp(Rule):
             tr_t = MembraneTraces(net.params, constant_input=True)
             res = simulate(net, xin, reset_grad="constant", observer=tr_h)
             simulate(net, cin, reset_grad="constant", observer=tr_t, first_weight=self.S1)
-        losses, matches = [], []
-        for layer in range(net.n_layers):
-            z_h = tr_h.mean_v(layer).requires_grad_(True)
-            z_t = tr_t.mean_v(layer).requires_grad_(True)  # [C, n]: one row per class
-            loss, match = self._layer_loss(layer, z_h, z_t[y], y)
-            dz_h, dz_t = torch.autograd.grad(loss, (z_h, z_t))
-            with torch.no_grad():
-                gw_h = tr_h.weight_grad(layer, dz_h)
-                gw_t = tr_t.weight_grad(layer, dz_t)
-                if layer == 0:
-                    net.weights[0].grad = gw_h
-                    self.S1.grad = gw_t
-                else:
-                    net.weights[layer].grad = gw_h + gw_t
-                net.biases[layer].grad = tr_h.bias_grad(layer, dz_h) + tr_t.bias_grad(layer, dz_t)
-            losses.append(loss.detach())
-            matches.append(match)
+        losses, matches, dz_h, dz_t = [], [], [], []
+        with torch.enable_grad():
+            for layer in range(net.n_layers):
+                z_h = tr_h.mean_v(layer).requires_grad_(True)
+                z_t = tr_t.mean_v(layer).requires_grad_(True)  # [C, n]: one row per class
+                loss, match = self._layer_loss(layer, z_h, z_t[y], y)
+                gh, gt = torch.autograd.grad(loss, (z_h, z_t))
+                dz_h.append(gh)
+                dz_t.append(gt)
+                losses.append(loss.detach())
+                matches.append(match)
+        # The per-layer learning signals of the two streams; the label stream enters layer 1 through S_1.
+        apply_signals(net, tr_h, dz_h)
+        apply_signals(net, tr_t, dz_t, first_weight=self.S1, add=True)
         return losses, matches, res.counts
 
     def _surrogate_grads(self, xin, y):
@@ -163,28 +142,26 @@ class SigProp(Rule):
 
         def collect(stream):
             def observer(layer, t, s_in, step):
-                f = surrogate_activation(step.v_pre, net.params[layer].vth)
+                f = threshold_activation(step.v_pre, net.params[layer].vth)
                 sums[stream, layer] = f if t == 0 else sums[stream, layer] + f
             return observer
 
-        res = simulate(net, xin, reset_grad="constant", observer=collect("h"))
-        simulate(net, cin, reset_grad="constant", observer=collect("t"), first_weight=self.S1)
-        losses, matches, total = [], [], 0.0
-        for layer in range(net.n_layers):
-            loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer][y] / T, y, self.options["tau"])
-            total = total + loss
-            losses.append(loss.detach())
-            matches.append(match)
-        # Layers read detached (hard-threshold) spikes, so each loss reaches only its own layer.
-        total.backward()
+        with torch.enable_grad():
+            res = simulate(net, xin, reset_grad="constant", observer=collect("h"))
+            simulate(net, cin, reset_grad="constant", observer=collect("t"), first_weight=self.S1)
+            losses, matches, total = [], [], 0.0
+            for layer in range(net.n_layers):
+                loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer][y] / T, y, self.options["tau"])
+                total = total + loss
+                losses.append(loss.detach())
+                matches.append(match)
+            # Layers read detached (hard-threshold) spikes, so each loss reaches only its own layer.
+            total.backward()
         return losses, matches, res.counts
 
-    def state_dict(self):
-        return {"S1": self.S1.detach().clone(), "optimizer": self.optimizer.state_dict(),
-                "readout_optimizer": self.readout_optimizer.state_dict()}
+    def extra_state(self):
+        return {"S1": self.S1.detach().clone()}
 
-    def load_state_dict(self, state):
+    def load_extra_state(self, state):
         with torch.no_grad():
             self.S1.copy_(state["S1"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.readout_optimizer.load_state_dict(state["readout_optimizer"])
