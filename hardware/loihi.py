@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from spikeprop import SpikepropError
+from spikeprop import SpikepropError, seeds
 from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFState, LIFStep
 from spikeprop.quantize import DECAY_UNIT, fake_quant_weight, weight_mantissa
@@ -913,7 +913,7 @@ def quantize_run(run_dir: str | Path):
     config, ds, net, rule, rule_encoder = load_run(run_dir, device="cpu")
     encoder = DeployEncoder(rule, rule_encoder)
     cal_encoder = DeployEncoder(rule, type(rule_encoder)(rule_encoder.kind, rule_encoder.steps,
-                                                          torch.Generator().manual_seed(config.seed)))
+                                                          seeds.generator(config.seed, "calibration")))
     x_cal = cal_encoder(ds.intensities(ds.train_x[:CALIBRATION_SAMPLES]))
     graded = not encoder.binary
     source = {"run_dir": str(run_dir), "dataset": config.dataset, "rule": config.rule, "neurons": config.neurons,

@@ -42,7 +42,7 @@ MAX_EPOCHS = 1_000_000
 MAX_BATCH = 2**20
 MAX_LAYER = 2**24  # neurons per hidden layer (a Loihi 2 chip holds 2**20)
 MAX_LAYERS = 64
-MAX_SEED = 2**32 - 1  # derived stream seeds (train.epoch_seed) stay below 2**63
+MAX_SEED = 2**32 - 1  # a typo guard; spikeprop.seeds derives every sub-stream from it
 MAX_VTH = 1e6  # inputs are intensities in [0, 1]: a threshold this far above them never fires
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 

@@ -1,9 +1,10 @@
 """The training loop: seeding, progress, metrics, atomic checkpoints and exact resume.
 
-Randomness: one seed drives everything. The initial weights come from ``Generator(seed)``; the
-order of epoch ``e`` and the encoder's spikes in it come from generators seeded with
-``(seed, e)``, and rules keep their own generators in their state. So a run resumed from the
-checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly as an uninterrupted run does.
+Randomness: one seed drives everything, through ``spikeprop.seeds``: the initial weights, the
+order of epoch ``e`` and the encoder's spikes in it, the evaluation spikes, and each rule's own
+draws are separate sub-streams of it, and rules keep their generators in their state. So a run
+resumed from the checkpoint of epoch ``e`` replays epoch ``e + 1`` exactly as an uninterrupted
+run does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 import spikeprop
-from spikeprop import SpikepropError, runs
+from spikeprop import SpikepropError, runs, seeds
 from spikeprop.config import TrainConfig
 from spikeprop.data import Dataset, load
 from spikeprop.encoders import Encoder
@@ -28,12 +29,6 @@ from spikeprop.evaluate import accuracy, activity
 from spikeprop.network import Network
 from spikeprop.quantize import fake_quant_weight
 from spikeprop.rules import RULES, Rule
-
-EPOCH_SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) pairs map to distinct generator seeds
-
-
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    return (seed * EPOCH_SEED_STRIDE + epoch) * 8 + stream
 
 
 def check_device(device: str) -> str:
@@ -79,13 +74,12 @@ def check_size(config: TrainConfig, ds: Dataset) -> None:
 def build(config: TrainConfig, ds: Dataset) -> tuple[Network, Rule, Encoder]:
     """The network (initial weights from the seed), its encoder and its rule."""
     check_size(config, ds)
-    g = torch.Generator().manual_seed(config.seed)
+    g = seeds.generator(config.seed, "weights")
     net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(), generator=g)
     net.to(config.device)
     if config.quantize == "loihi":
         net.weight_transform = fake_quant_weight  # train what Loihi 2 will run (spikeprop.quantize)
-    enc_gen = torch.Generator(device=config.device).manual_seed(epoch_seed(config.seed, 0, 1))
-    encoder = Encoder(config.encoding, config.steps, enc_gen)
+    encoder = Encoder(config.encoding, config.steps, seeds.generator(config.seed, "evaluation", device=config.device))
     rule = RULES[config.rule](net, config, encoder)
     return net, rule, encoder
 
@@ -192,8 +186,8 @@ def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log
     show = sys.stderr.isatty() if progress is None else progress
     n = len(ds.train_x)
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 0)))
-        encoder.generator.manual_seed(epoch_seed(config.seed, epoch, 1))
+        order = torch.randperm(n, generator=seeds.generator(config.seed, "order", epoch))
+        encoder.generator.manual_seed(seeds.stream(config.seed, "encoder", epoch))
         sums: dict[str, float] = {}
         n_batches = 0
         t0 = time.perf_counter()
@@ -219,7 +213,7 @@ def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
         samples_seen += n
-        encoder.generator.manual_seed(epoch_seed(config.seed, 0, 2))  # evaluation spikes: same every epoch
+        encoder.generator.manual_seed(seeds.stream(config.seed, "evaluation"))  # evaluation spikes: same every epoch
         test_acc = accuracy(rule.predict, ds, "test", device=config.device)
         row = {"epoch": epoch, "test_accuracy": test_acc, "epoch_time_s": epoch_time, **_epoch_metrics(sums, n_batches)}
         rows.append(row)
@@ -232,7 +226,7 @@ def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log
 
     if not rows:
         raise SpikepropError(f"nothing to train: the run has 0 of {config.epochs} epochs")
-    encoder.generator.manual_seed(epoch_seed(config.seed, 0, 2))
+    encoder.generator.manual_seed(seeds.stream(config.seed, "evaluation"))
     act = activity(net, encoder, ds, device=config.device)
     summary = {
         "test_accuracy": rows[-1]["test_accuracy"],
@@ -268,5 +262,5 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     ds = load(config.dataset, config.data_dir)
     net, rule, encoder = build(config, ds)
     restore(config, net, rule, ckpt, run_dir)
-    encoder.generator.manual_seed(epoch_seed(config.seed, 0, 2))
+    encoder.generator.manual_seed(seeds.stream(config.seed, "evaluation"))
     return config, ds, net, rule, encoder
