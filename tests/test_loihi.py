@@ -18,6 +18,7 @@ from spikeprop import SpikepropError
 from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFParams, LIFState
 from spikeprop.quantize import fake_quant_weight, representable_params, weight_mantissa
+from spikeprop.rules import RULES
 
 
 def float_net(sizes=(6, 7, 5, 3), seed=0, gain=2.0, bias=0.05):
@@ -341,3 +342,20 @@ def test_a_layer_whose_exponent_is_clamped_reports_its_margin():
     cal = loihi.calibrate(loihi.deployed(net), dim)
     assert fnet.layers[0].weight_exp > loihi.WEIGHT_EXP_MIN and loihi.margin_warnings(fnet, cal) == []
     assert loihi.margins(fnet, cal)[0]["headroom_bits"] >= loihi.HEADROOM_BITS
+
+
+@pytest.mark.parametrize("rule_name", sorted(RULES))
+def test_every_rule_deploys_to_the_fixed_point_network(tmp_path, rule_name):
+    """A network trained by any registered rule quantizes, fits Loihi 2, and the emulator predicts
+    what the float network predicts on the input its read-out path sees."""
+    from spikeprop.cli import main
+
+    run = tmp_path / rule_name
+    assert main(["train", "--rule", rule_name, "--epochs", "1", "--hidden", "24", "--steps", "4", "--quantize", "loihi",
+                 "--out", str(run), "--no-progress"]) == 0
+    config, ds, net, encoder, fnet, cal = loihi.quantize_run(run)
+    assert check_fit(fnet, cal) == []
+    xin = encoder(ds.intensities(ds.test_x))
+    float_pred = simulate(net, xin).logits.argmax(1)
+    emu_pred = emulate(fnet, fnet.payload(xin)).logits.argmax(1)
+    assert (float_pred == emu_pred).float().mean() >= 0.95

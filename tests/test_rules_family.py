@@ -20,13 +20,13 @@ from spikeprop.encoders import Encoder
 from spikeprop.evaluate import accuracy
 from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFParams
-from spikeprop.rules import RULES
+from spikeprop.rules import RULES, register
 from spikeprop.rules.ff import hard_wrong_labels, label_currents, wrong_labels
 from spikeprop.rules.local import threshold_activation as surrogate_activation
 from spikeprop.rules.local import threshold_slope
 from spikeprop.train import build
 
-FAMILY = ("ff", "pepita", "f3", "dfa", "shallow")
+FAMILY = tuple(sorted(RULES))  # every registered rule: a new one is tested without editing this file
 SMALL = ["--hidden", "64", "--steps", "4", "--no-progress"]
 
 
@@ -348,6 +348,12 @@ def test_shallow_trains_only_the_readout():
     assert not torch.equal(r0, rule.net.readout.weight)
 
 
+def test_the_registry_holds_the_rules():
+    assert {"sigprop", "bptt", "dfa", "f3", "ff", "pepita", "shallow"} <= set(RULES)
+    with pytest.raises(ValueError, match="already registered"):
+        register("dfa")(type("Again", (), {}))
+
+
 @pytest.mark.parametrize("name", FAMILY)
 def test_rule_learns_digits_within_a_few_epochs(tmp_path, name):
     out = tmp_path / name
@@ -362,7 +368,7 @@ def test_rule_learns_digits_within_a_few_epochs(tmp_path, name):
     assert final > (0.65 if name == "shallow" else 0.8) and final > initial + 0.4, (initial, final)
 
 
-@pytest.mark.parametrize("name", ["f3", "pepita", "ff"])
+@pytest.mark.parametrize("name", FAMILY)
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, name, monkeypatch):
     args = ["--rule", name, "--epochs", "3", "--encoding", "rate", *SMALL]
     if name == "pepita":
