@@ -15,7 +15,7 @@ RECIPES: dict[str, dict] = {
         "rule_options": {"sigprop": {"readout_lr": 1e-2}, "ff": {"readout_lr": 1e-2}, "pepita": {"readout_lr": 1e-2},
                          "f3": {"readout_lr": 1e-2}, "dfa": {"readout_lr": 1e-2}},
     },
-    # 28x28 Fashion-MNIST / MNIST: one 1000-unit LIF layer, T = 10 (research/rules.md §9),
+    # 28x28 Fashion-MNIST / MNIST: one 1000-unit LIF layer, T = 10 (the size of the sigprop paper's FC nets),
     # within 30 minutes on 2 cores.
     "fashion-mnist": {
         "hidden": (1000,), "steps": 10, "epochs": 20, "batch_size": 128, "dv": 0.15,

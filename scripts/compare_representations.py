@@ -1,6 +1,7 @@
 """Do forward-only rules give sparse, class-specific spiking representations? (README: Representation analysis)
 
-Tosato et al. (research/rules.md §3.3) found that Forward-Forward organises ANN hidden layers into
+Tosato et al. ("Emergent representations in networks trained with the Forward-Forward
+algorithm") found that Forward-Forward organises ANN hidden layers into
 sparse, almost disjoint class ensembles, unlike backpropagation. This script trains sigprop, ff
 (when registered) and bptt LIF networks of the same sizes with ``spikeprop train`` (the dataset's
 recipe for everything not given here), runs ``spikeprop analyze`` on each, and writes a markdown

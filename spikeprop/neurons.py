@@ -101,7 +101,7 @@ def lif_step(
         snnTorch surrogate (``snntorch.surrogate.atan()``) for BPTT.
     reset_grad: how gradients treat the reset ``v <- 0``. 'stop' (BPTT, as snnTorch): the reset
         multiplies v by the detached ``1 - s``, so no gradient passes a reset. 'constant'
-        (membrane-only rules, research/rules.md §1.2): the amount removed by the reset is a
+        (membrane-only rules): the amount removed by the reset is a
         constant, so ``dv/dW`` flows on through resets and is the presynaptic eligibility trace.
     The forward values are identical for both.
     """

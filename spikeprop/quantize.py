@@ -1,6 +1,6 @@
 """Training-time fixed point (``--quantize loihi``): what Loihi 2 can represent, seen from torch.
 
-Loihi 2 (Lava's ``fixed_pt`` models, ``research/lava.md`` §1.3, §2.2, §4.2) stores a Dense weight
+Loihi 2 (Lava's ``fixed_pt`` Dense and LIF models) stores a Dense weight
 as an 8-bit signed mantissa ``m`` with one shared power-of-two exponent per layer, and a decay
 as a 12-bit fraction of 4096. Training with ``--quantize loihi`` makes the float network use
 exactly those values in its forward pass:

@@ -204,7 +204,7 @@ def test_a_lava_error_is_reported_and_kills_every_process(tmp_path, monkeypatch)
 
 def test_a_silent_hang_times_out_and_kills_every_process(tmp_path, monkeypatch):
     # A float threshold under fixed_pt makes Lava's worker fail and the run hang without an
-    # error (research/lava.md §1.1, §3.4): the timeout turns it into a SpikepropError.
+    # error (a float parameter under fixed_pt): the timeout turns it into a SpikepropError.
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     layers, readout = small_fixed()
     bad = Layer(layers[0].weights, 0, 4095, 0, 10.5, layers[0].bias_mant, layers[0].bias_exp)

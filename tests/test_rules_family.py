@@ -1,7 +1,7 @@
 """The forward-only family (ff, pepita, f3, dfa) and the shallow baseline.
 
 Each rule's update is checked against an independent reference: autograd through the unrolled
-time loop with the spikes and reset amounts held constant (research/rules.md §1.2, item 4), a
+time loop with the spikes and reset amounts held constant (the membrane-only rules' definition), a
 closed form for a layer that does not spike, or finite differences. Then each rule must learn on
 digits within a few epochs, and a run with per-sample state (F3's buffer) must resume exactly.
 """
