@@ -416,7 +416,7 @@ def save(fnet: FixedNetwork, path: str | Path) -> None:
     """Write ``fnet`` as .npz (format in the module docstring), atomically."""
     import io
 
-    from spikeprop.runs import atomic_write_bytes
+    from spikeprop.files import atomic_write_bytes
 
     arrays = {"header": np.array(json.dumps(fnet.header(), sort_keys=True))}
     for name, layer in [*((f"layer{i}", la) for i, la in enumerate(fnet.layers)), ("readout", fnet.readout)]:

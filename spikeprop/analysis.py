@@ -187,7 +187,7 @@ def _save(fig, path: Path) -> None:
     """Write a figure atomically (a full disk or a killed process leaves the previous file)."""
     import io
 
-    from spikeprop.runs import atomic_write_bytes
+    from spikeprop.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -16,14 +16,12 @@ with, so a process killed after the checkpoint and before ``metrics.jsonl`` lose
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import io
 import json
 import math
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,9 @@ from typing import Any
 import torch
 
 from spikeprop import SpikepropError
+from spikeprop.files import RunFileError, atomic_write_bytes, prepare_parent, reason
+
+__all__ = ["RunFileError", "atomic_write_bytes", "prepare_parent"]  # re-exported: the run files' writer
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
@@ -44,64 +45,6 @@ READABLE_FORMATS = (1, 2)
 # writer) are removed when the next process takes the lock.
 OWNED = (CONFIG, CHECKPOINT, METRICS, SUMMARY)
 CHECKPOINT_KEYS = ("epoch", "train_time_s", "samples_seen", "network", "rule")
-
-
-class RunFileError(SpikepropError, OSError):
-    """A file of a run could not be written: a one-line user error that is also an OSError."""
-
-
-def _reason(e: OSError) -> str:
-    return "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def prepare_parent(path: str | Path) -> None:
-    """Create ``path``'s directory; a RunFileError naming the file when an ancestor is not a directory."""
-    path = Path(path)
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise RunFileError(f"cannot write {path}: {ancestor} is not a directory")
-            break
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunFileError(f"cannot write {path}: {_reason(e)}") from None
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part.
-
-    The file gets the permissions of a normally created file (0666 minus the umask), not
-    mkstemp's 0600. An OS error (a read-only directory, a full disk, a path under a file) is a
-    SpikepropError naming the path; the previous file is left as it was.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        if path.is_dir():
-            raise RunFileError(f"cannot write {path}: it is a directory")
-        prepare_parent(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
-        tmp = None
-    except RunFileError:
-        raise
-    except OSError as e:
-        raise RunFileError(f"cannot write {path}: {_reason(e)}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -128,7 +71,7 @@ def read_json(path: str | Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SpikepropError(f"{path} is corrupt ({e}); restore it or re-run the command that wrote it") from None
     except OSError as e:
-        raise SpikepropError(f"cannot read {path}: {_reason(e)}") from None
+        raise SpikepropError(f"cannot read {path}: {reason(e)}") from None
 
 
 def save_checkpoint(run_dir: str | Path, state: dict) -> None:
@@ -246,7 +189,7 @@ class RunLock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise SpikepropError(f"cannot use {self.run_dir} as a run directory: {_reason(e)}") from None
+            raise SpikepropError(f"cannot use {self.run_dir} as a run directory: {reason(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
