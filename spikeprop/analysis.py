@@ -101,6 +101,11 @@ def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Te
 
     Returns counts and (unrectified) mean voltages per layer ([N, n] each), labels, predictions,
     the raster ([T, n] per layer) of sample 0, SynOps per sample and T.
+
+    Memory: batches of ``batch_size`` samples; per batch the state and sums are O(batch · n),
+    flat in T, plus sample 0's raster (O(T · n), recorded step by step, not as a batch-wide
+    record) and whatever ``drive`` returns (a stride-0 view for direct encoding; rate encoding
+    draws the batch's [T, batch, n_in] spikes up front).
     """
     x_all, y_all = ds.test_x[:limit], ds.test_y[:limit]
     if len(x_all) == 0:
@@ -113,13 +118,17 @@ def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Te
         xin = drive(x, y_all[i : i + batch_size].to(device))
         T = xin.shape[0]
         v_sum: dict[int, torch.Tensor] = {}
+        # sample 0's spikes, step by step (only in the first batch): [n] per layer and step
+        steps0: list[list[torch.Tensor]] | None = [[] for _ in range(net.n_layers)] if raster is None else None
 
-        def observe(layer, t, s_in, step, v_sum=v_sum):
+        def observe(layer, t, s_in, step, v_sum=v_sum, steps0=steps0):
             v_sum[layer] = step.v_pre if t == 0 else v_sum[layer] + step.v_pre
+            if steps0 is not None:
+                steps0[layer].append(step.s[0].to("cpu", copy=True))  # a copy: a view would keep the batch's [B, n]
 
-        res = simulate(net, xin, observer=observe, record=raster is None)
-        if raster is None:
-            raster = [s[:, 0].cpu() for s in res.spikes]
+        res = simulate(net, xin, observer=observe)
+        if steps0 is not None:
+            raster = [torch.stack(s) for s in steps0]
         for layer in range(net.n_layers):
             counts[layer].append(res.counts[layer].cpu())
             mean_v[layer].append((v_sum[layer] / T).cpu())
