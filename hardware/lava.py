@@ -146,10 +146,12 @@ def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded:
                    + TIMEOUT_PER_READ_S * reads)
     with tempfile.TemporaryDirectory(prefix="spikeprop-lava-") as tmp:
         spec, out = Path(tmp) / "spec.npz", Path(tmp) / "out.npz"
+        # An input that repeats over time (direct encoding: a stride-0 time axis) travels as one step.
+        constant = T > 1 and x.strides[1] == 0
         header = {"tag": tag, "graded": graded, "input_bits": input_bits, "record_uv": record_uv, "chunk": chunk,
-                  "record_spikes": record_spikes,
+                  "record_spikes": record_spikes, "shape": list(x.shape),
                   "layers": [_layer_header(la) for la in [*layers, readout]]}
-        arrays = {"header": np.array(json.dumps(header)), "x": x}
+        arrays = {"header": np.array(json.dumps(header)), "x": x[:, :1] if constant else x}
         for i, la in enumerate([*layers, readout]):
             arrays[f"w{i}"], arrays[f"bm{i}"], arrays[f"be{i}"] = la.weights, la.bias_mant, la.bias_exp
         np.savez(spec, **arrays)
@@ -244,7 +246,7 @@ def _child_main(spec_path: str, out_path: str) -> None:
     try:
         with np.load(spec_path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
-            x = z["x"]
+            x = np.broadcast_to(z["x"], tuple(header["shape"]))  # [N, T, n_in]; a view when sent as one step
             layers = [Layer(z[f"w{i}"], h["weight_exp"], h["du"], h["dv"], h["vth"], z[f"bm{i}"], z[f"be{i}"])
                       for i, h in enumerate(header["layers"])]
         results, timing = [], {}
@@ -285,7 +287,8 @@ def _run_chunk(layers: list[Layer], x: np.ndarray, header: dict) -> tuple[dict, 
     fixed = header["tag"] == "fixed_pt"
     # Lava's layout is time-last: [n_in, steps]. The only place spikeprop's [T, B, N] meets it.
     data = np.zeros((n_in, total), dtype=np.int32 if fixed else np.float64)
-    data[:, : N * T] = x.reshape(N * T, n_in).T
+    for s in range(N):  # sample by sample: a time-constant x stays a view (no [N·T, n_in] copy)
+        data[:, s * T : (s + 1) * T] = x[s].T
     src = Source(data=data)
     prev, sinks, lifs, monitors = src.s_out, [], [], []
     for i, la in enumerate(layers):
