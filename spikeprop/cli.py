@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikeprop {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"spikeprop {args.command}: interrupted; the last completed epoch is in the checkpoint "
-              "(continue with --resume RUN_DIR)", file=sys.stderr)
+        resume = "; the last completed epoch is in the checkpoint (continue with --resume RUN_DIR)"
+        print(f"spikeprop {args.command}: interrupted{resume if args.command == 'train' else ''}", file=sys.stderr)
         return 130
 
 
