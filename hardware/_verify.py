@@ -46,15 +46,16 @@ def verify_run(run_dir: str | Path, limit: int = DEFAULT_LIMIT, timeout: float |
 
     t0 = time.perf_counter()
     net64 = copy.deepcopy(net).double()
-    spikes: list[list[torch.Tensor]] = [[] for _ in range(net.n_layers)]
+    spikes: list[torch.Tensor | None] = [None] * net.n_layers  # [T, N, n] bool: the comparison needs only them
 
-    def keep_spikes(layer, t, s_in, step):  # bool spikes [N, n] per step: the comparison needs only them
-        spikes[layer].append(step.s.to(torch.bool))
+    def keep_spikes(layer, t, s_in, step):  # one buffer per layer, filled step by step
+        if t == 0:
+            spikes[layer] = torch.zeros((xin.shape[0], *step.s.shape), dtype=torch.bool)
+        spikes[layer][t] = step.s
 
     ref = simulate(net64, x64, observer=keep_spikes)
     backends["float"] = _backend(ref.logits.numpy(), y, time.perf_counter() - t0, n)
-    float_spikes = [torch.stack(s).permute(1, 0, 2).numpy() for s in spikes]
-    spikes.clear()  # the per-step tensors: the stacked trains above are the copies kept
+    float_spikes = [s.permute(1, 0, 2).numpy() for s in spikes]
 
     t0 = time.perf_counter()
     payload = fnet.payload(xin)

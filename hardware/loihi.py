@@ -735,7 +735,8 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False, 
              for i, layer in enumerate(all_layers)]
     biases = [bias_v(la, device) for la in all_layers]
     states: list[LIFState | None] = [None] * len(all_layers)  # zero state, made when a layer first steps
-    rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
+    # record: per layer one [T, B, n] buffer per recorded quantity, filled step by step
+    rec: dict[str, list[torch.Tensor | None]] = {k: [None] * len(all_layers) for k in ("s", "u", "v")}
     counts: list[torch.Tensor | None] = [None] * len(all_layers)  # spikes summed step by step, when record
     a_first = None
     if constant:
@@ -776,10 +777,15 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False, 
             step = fixed_lif_step(a, states[i], all_layers[i], biases[i], gemms[i].may_overflow_u)
             states[i] = step.state
             if record:
-                rec["s"][i].append(step.s.to(torch.bool))
+                if t == 0:
+                    shape = (T, *step.s.shape)
+                    rec["s"][i] = torch.zeros(shape, dtype=torch.bool, device=device)
+                    if record_uv:
+                        rec["u"][i], rec["v"][i] = (torch.zeros(shape, dtype=torch.int64, device=device) for _ in "uv")
+                rec["s"][i][t] = step.s  # 0./1. -> bool; the integer-valued u, v -> int64 exactly
                 if record_uv:
-                    rec["u"][i].append(step.state.u.to(torch.int64))
-                    rec["v"][i].append(step.state.v.to(torch.int64))
+                    rec["u"][i][t] = step.state.u
+                    rec["v"][i][t] = step.state.v
                 counts[i] = step.s if t == 0 else counts[i] + step.s
             s = step.s
     if v_T is None:
@@ -788,8 +794,8 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False, 
     logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
     if not record:
         return EmuResult(v_out, logits)
-    stack = {k: [torch.stack(r) for r in rows] if k == "s" or record_uv else None for k, rows in rec.items()}
-    return EmuResult(v_out, logits, [c.to(torch.int64) for c in counts[:-1]], stack["s"], stack["u"], stack["v"])
+    u, v = (rec["u"], rec["v"]) if record_uv else (None, None)
+    return EmuResult(v_out, logits, [c.to(torch.int64) for c in counts[:-1]], rec["s"], u, v)
 
 
 def float_layers(net: Network) -> tuple[list[Layer], Layer]:
