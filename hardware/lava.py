@@ -16,6 +16,11 @@ One run lasts ``N·T + L + 1`` steps (the input is padded with zeros).
 Lava hangs silently after a worker error and ``stop()`` then hangs too (lava#231), so every run
 happens in a child process in its own process group, with a timeout; on timeout or error the
 whole group is killed (no worker outlives it) and a SpikepropError says what happened.
+However the calling process dies, nothing of the run outlives it: SIGTERM (and Ctrl-C) raise in
+its main thread while Lava runs, so the same cleanup runs (the group killed, the temporary
+directory removed); after a SIGKILL the child's watchdog thread sees that its parent is gone,
+stops and kills its process group (Lava's workers and itself), unlinks their shared memory and
+removes the run's temporary directory.
 
 lava-nc 0.10.0 declares Python <3.11. On 3.11 one import fails: in
 ``lava.magma.compiler.var_model`` the dataclasses ``CoreEncoder``, ``ChipEncoder`` and
@@ -33,12 +38,15 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -100,6 +108,9 @@ TIMEOUT_PER_CHUNK_S = 2.0
 TIMEOUT_PER_STEP_S = 0.005
 TIMEOUT_PER_READ_S = 1e-4
 EXIT_WORKER_ERROR = 3  # the child's status when Lava raised (its runtime is then unusable)
+EXIT_SIGNAL_BASE = 128  # a process ended by signal N exits with 128 + N (the shell's convention)
+TEMP_PREFIX = "spikeprop-lava-"  # each run's temporary directory (spec, results, the child's log)
+WATCHDOG_POLL_S = 0.1  # how often the child checks that its parent is alive: the delay before cleanup
 
 
 class LavaResult(NamedTuple):
@@ -144,12 +155,14 @@ def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded:
         reads = steps * neurons * record_spikes + (2 * steps * (neurons + readout.n_out) if record_uv else 0)
         timeout = (TIMEOUT_BASE_S + TIMEOUT_PER_CHUNK_S * chunks + TIMEOUT_PER_STEP_S * steps * (len(layers) + 1)
                    + TIMEOUT_PER_READ_S * reads)
-    with tempfile.TemporaryDirectory(prefix="spikeprop-lava-") as tmp:
+    with _terminate_raises(), tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
         spec, out = Path(tmp) / "spec.npz", Path(tmp) / "out.npz"
+        # An input that repeats over time (direct encoding: a stride-0 time axis) travels as one step.
+        constant = T > 1 and x.strides[1] == 0
         header = {"tag": tag, "graded": graded, "input_bits": input_bits, "record_uv": record_uv, "chunk": chunk,
-                  "record_spikes": record_spikes,
+                  "record_spikes": record_spikes, "shape": list(x.shape),
                   "layers": [_layer_header(la) for la in [*layers, readout]]}
-        arrays = {"header": np.array(json.dumps(header)), "x": x}
+        arrays = {"header": np.array(json.dumps(header)), "x": x[:, :1] if constant else x}
         for i, la in enumerate([*layers, readout]):
             arrays[f"w{i}"], arrays[f"bm{i}"], arrays[f"be{i}"] = la.weights, la.bias_mant, la.bias_exp
         np.savez(spec, **arrays)
@@ -171,14 +184,35 @@ def _layer_header(la: Layer) -> dict:
     return {"weight_exp": int(la.weight_exp), "du": num(la.du), "dv": num(la.dv), "vth": num(la.vth)}
 
 
+@contextmanager
+def _terminate_raises():
+    """While a Lava run is under way, SIGTERM raises ``SystemExit(128 + SIGTERM)`` in the main
+    thread, so that ``_run_child``'s cleanup (kill the process group) and the temporary
+    directory's removal run before the process exits with the status SIGTERM gives. Only in the
+    main thread and only where SIGTERM still has its default action (a handler someone else
+    installed, or an ignored SIGTERM, is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(EXIT_SIGNAL_BASE + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _run_child(spec: Path, out: Path, timeout: float) -> None:
-    """Run ``_child_main(spec, out)`` in a new process group; kill the group on timeout or error."""
-    code = "import sys; from hardware.lava import _child_main; _child_main(sys.argv[1], sys.argv[2])"
+    """Run ``_child_main(spec, out, our pid)`` in a new process group; kill the group on timeout or error."""
+    code = "import sys; from hardware.lava import _child_main; _child_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     log = spec.parent / "child.log"
     with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(out)], stdout=logf, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(out), str(os.getpid())], stdout=logf,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -239,12 +273,43 @@ def _shared_memory(pids: list[int]) -> set[str]:
     return found
 
 
-def _child_main(spec_path: str, out_path: str) -> None:
-    """Entry point of the child process: build, run, write results; never returns."""
+def _watch_parent(parent: int, run_dir: Path) -> None:
+    """The child's watchdog thread: once ``parent`` is gone (the child was re-parented), stop
+    every other process of our group (Lava's workers: stopped, they map no new shared memory),
+    kill them, unlink the shared memory the group had mapped, remove the run's temporary
+    directory ``run_dir`` (the parent can no longer), then kill the group, this process included."""
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_POLL_S)
+    me, group = os.getpid(), os.getpgrp()
+    others = [pid for pid in _group_members(group) if pid != me]
+    _signal_each(others, signal.SIGSTOP)
+    segments = _shared_memory([me, *others])
+    _signal_each(others, signal.SIGKILL)
+    for path in segments:
+        Path(path).unlink(missing_ok=True)
+    if run_dir.name.startswith(TEMP_PREFIX):  # only ever the directory ``run`` made
+        shutil.rmtree(run_dir, ignore_errors=True)
+    os.killpg(group, signal.SIGKILL)
+
+
+def _signal_each(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _child_main(spec_path: str, out_path: str, parent: int) -> None:
+    """Entry point of the child process: build, run, write results; never returns.
+
+    ``parent``: the pid of the process that started it; a watchdog thread cleans up if it dies."""
+    threading.Thread(target=_watch_parent, args=(parent, Path(spec_path).parent), name="spikeprop-watchdog",
+                     daemon=True).start()
     try:
         with np.load(spec_path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
-            x = z["x"]
+            x = np.broadcast_to(z["x"], tuple(header["shape"]))  # [N, T, n_in]; a view when sent as one step
             layers = [Layer(z[f"w{i}"], h["weight_exp"], h["du"], h["dv"], h["vth"], z[f"bm{i}"], z[f"be{i}"])
                       for i, h in enumerate(header["layers"])]
         results, timing = [], {}
@@ -285,7 +350,8 @@ def _run_chunk(layers: list[Layer], x: np.ndarray, header: dict) -> tuple[dict, 
     fixed = header["tag"] == "fixed_pt"
     # Lava's layout is time-last: [n_in, steps]. The only place spikeprop's [T, B, N] meets it.
     data = np.zeros((n_in, total), dtype=np.int32 if fixed else np.float64)
-    data[:, : N * T] = x.reshape(N * T, n_in).T
+    for s in range(N):  # sample by sample: a time-constant x stays a view (no [N·T, n_in] copy)
+        data[:, s * T : (s + 1) * T] = x[s].T
     src = Source(data=data)
     prev, sinks, lifs, monitors = src.s_out, [], [], []
     for i, la in enumerate(layers):

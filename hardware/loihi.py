@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -155,6 +156,20 @@ class FixedNetwork:
         return (x != 0).to(torch.int64)
 
 
+def time_constant_view(x: torch.Tensor) -> torch.Tensor:
+    """``x[:1]`` when the time-major ``x`` [T, ...] repeats one step (a stride-0 time axis, as
+    direct encoding gives), else ``x``: what an element-wise reduction (max, min) needs to see,
+    without materialising T copies."""
+    return x[:1] if x.dim() >= 1 and x.shape[0] > 1 and x.stride(0) == 0 else x
+
+
+def time_constant_map(x: torch.Tensor, fn) -> torch.Tensor:
+    """``fn(x)`` for an element-wise ``fn``; a stride-0 time axis stays a view (``fn`` runs on one step)."""
+    if x.dim() >= 1 and x.shape[0] > 1 and x.stride(0) == 0:
+        return fn(x[:1]).expand(x.shape)
+    return fn(x)
+
+
 # --------------------------------------------------------------------------------------------
 # Quantization (research/lava.md §4.2)
 
@@ -168,19 +183,30 @@ class Calibration(NamedTuple):
 
 @torch.no_grad()
 def calibrate(net: Network, x: torch.Tensor) -> Calibration:
-    """Run the float network on encoded inputs x [T, B, n_in] and record its peaks."""
+    """Run the float network on encoded inputs x [T, B, n_in] and record its peaks.
+
+    The read-out's peaks are ``max_t |a[t]|`` and ``max_t |sum_{t' <= t} (a[t'] + b_out)|`` with
+    ``a[t] = W_out s_L[t]``, taken step by step as the network runs (memory O(B · n), flat in T).
+    The partial sums accumulate in float64 and are rounded to the network's dtype at every step,
+    which is what ``torch.cumsum`` over the time axis computes on the CPU (tested).
+    """
     peak = [0.0] * net.n_layers
+    last = net.n_layers - 1
+    w_out = _effective(net, net.readout.weight)
+    out = {"a": 0.0, "partial": 0.0, "sum": None}
 
     def observer(layer, t, s_in, step):
         p = max(float(step.state.u.abs().max()), float(step.v_pre.abs().max()))
         peak[layer] = max(peak[layer], p)
+        if layer == last:
+            a = F.linear(step.s, w_out)  # [B, C]
+            term = (a + net.readout.bias).to(torch.float64)
+            out["sum"] = term if t == 0 else out["sum"] + term
+            out["a"] = max(out["a"], float(a.abs().max()))
+            out["partial"] = max(out["partial"], float(out["sum"].to(a.dtype).abs().max()))
 
-    res = simulate(net, x.to(net.readout.weight.dtype), observer=observer, record=True)
-    w_out = _effective(net, net.readout.weight)
-    a = F.linear(res.spikes[-1], w_out)  # [T, B, C]
-    partial = torch.cumsum(a + net.readout.bias, dim=0)
-    readout_peak = max(float(a.abs().max()), float(partial.abs().max()))
-    return Calibration(peak, readout_peak)
+    simulate(net, time_constant_map(x, lambda v: v.to(net.readout.weight.dtype)), observer=observer)
+    return Calibration(peak, max(out["a"], out["partial"]))
 
 
 def deployed(net: Network) -> Network:
@@ -273,7 +299,7 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
     b_out = net.readout.bias.detach().cpu().double().numpy()
     readout = _fixed_layer(w_out, b_out, 1.0, cal.readout_peak, None, 1.0, 0.0)
     # currents above 1 (ff's label features with label_scale > C) need more payload bits
-    peak_in = max(1.0, float(calibration_x.abs().max())) if calibration_x.numel() else 1.0
+    peak_in = max(1.0, float(time_constant_view(calibration_x).abs().max())) if calibration_x.numel() else 1.0
     bits = max(1, math.ceil(math.log2(round(input_scale * peak_in) + 1))) if graded_input else 0
     return FixedNetwork(tuple(layers), readout, int(calibration_x.shape[0]), encoding, graded_input,
                         float(input_scale), bits, source)
@@ -670,7 +696,8 @@ class EmuResult(NamedTuple):
 
     v_out: read-out voltages after T steps [B, C]; logits: v_out in float units (/ 64·S·T), float64.
     When ``record``: spike counts per hidden layer [B, n]; spikes (bool), u and v (after the
-    reset, as Lava's Var probes see them) per layer as [T, B, n], the read-out's included.
+    reset, as Lava's Var probes see them) per layer as [T, B, n], the read-out's included
+    (u and v None with ``record_uv=False``).
     """
 
     v_out: torch.Tensor
@@ -720,10 +747,12 @@ def _drive_is_constant(a: torch.Tensor, layer: Layer, bias: torch.Tensor) -> boo
             and not (bias.numel() and _outside(bias, UV_LIMIT)))
 
 
-def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm, T: int) -> torch.Tensor | None:
-    """For a first layer driven by a constant Dense output ``a`` [B, n]: ``within`` [T, B, n] (bool),
-    ``within[k - 1]`` true where the neuron's first spike comes at step k or earlier (1-based);
-    None where this closed form does not apply.
+def first_spike_drives(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm,
+                       T: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a first layer driven by a constant Dense output ``a`` [B, n]: its drives ``c`` [B, n]
+    and the crossing drives ``C`` [T] (both int32), so that ``c >= C[k - 1]`` is true where the
+    neuron's first spike comes at step k or earlier (1-based); None where this closed form does
+    not apply. ``first_spike_steps`` stacks those masks; ``emulate`` takes them one k at a time.
 
     With a memoryless current (du = 4095, so u = a << 6 every step) and nothing wrapping, each
     neuron sees the same drive c = (a << 6) + bias at every step and Lava resets v to 0 on a spike:
@@ -738,8 +767,17 @@ def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm
     cache = _cache(layer)
     if ("drives", T) not in cache:
         cache["drives", T] = [min(d, 2**31 - 1) for d in crossing_drives(layer, T)]  # inf: above every c
-    drives = torch.tensor(cache["drives", T], dtype=torch.int32, device=a.device).view(T, 1, 1)
-    return c.unsqueeze(0) >= drives  # within[k - 1]: first spike at step <= k (grows with k)
+    return c, torch.tensor(cache["drives", T], dtype=torch.int32, device=a.device)
+
+
+def first_spike_steps(a: torch.Tensor, layer: Layer, bias: torch.Tensor, g: Gemm, T: int) -> torch.Tensor | None:
+    """``within`` [T, B, n] (bool): ``within[k - 1]`` true where the neuron's first spike comes at
+    step k or earlier (1-based), from ``first_spike_drives``; None where the closed form does not apply."""
+    drives = first_spike_drives(a, layer, bias, g, T)
+    if drives is None:
+        return None
+    c, crossing = drives
+    return c.unsqueeze(0) >= crossing.view(T, 1, 1)  # within[k - 1]: first spike at step <= k (grows with k)
 
 
 def _dense_int32(s: torch.Tensor, g: Gemm) -> torch.Tensor:
@@ -749,17 +787,25 @@ def _dense_int32(s: torch.Tensor, g: Gemm) -> torch.Tensor:
     return acc << e if e >= 0 else acc >> -e
 
 
-def _integrator_closed_form(a: torch.Tensor, layer: Layer, bias: torch.Tensor) -> torch.Tensor | None:
+def _integrator_closed_form(a_steps: Iterable[torch.Tensor], layer: Layer, bias: torch.Tensor) -> torch.Tensor | None:
     """v after T steps of a memoryless-current, non-leaking LIF (the read-out: du = 4095, dv = 0)
-    driven by a [T, B, n], from v = 0: the running sum of (a << 6) + bias, when no partial sum
-    reaches the threshold or the rail (no spike, no clip) and no u wraps; else None."""
-    if int(layer.dv) != 0 or a.shape[0] < 1 or not _drive_is_constant(a, layer, bias):
+    driven by ``a_steps`` (the T Dense outputs [B, n], step by step), from v = 0: the running sum
+    of (a << 6) + bias, when no partial sum reaches the threshold or the rail (no spike, no clip)
+    and no u wraps; else None. The sums are exact integers in float64, so summing step by step
+    gives what a cumulative sum over a stacked [T, B, n] gives, in O(B · n) memory."""
+    if int(layer.dv) != 0:
         return None
-    v = torch.cumsum(a * 2**ACT_SHIFT + bias, 0)
-    lo, hi = torch.aminmax(v)
-    if hi > min(int(layer.vth) << VTH_SHIFT, UV_LIMIT - 1) or lo < -(UV_LIMIT - 1):
-        return None
-    return v[-1]
+    top, v = min(int(layer.vth) << VTH_SHIFT, UV_LIMIT - 1), None
+    for a in a_steps:
+        if not _drive_is_constant(a, layer, bias):
+            return None
+        term = a * 2**ACT_SHIFT + bias
+        v = term if v is None else v + term
+        if v.numel():
+            lo, hi = torch.aminmax(v)
+            if hi > top or lo < -(UV_LIMIT - 1):
+                return None
+    return v
 
 
 def periodic_trains(within: torch.Tensor) -> torch.Tensor:
@@ -790,15 +836,21 @@ def _check_emulable(fnet: FixedNetwork) -> None:
 
 
 @torch.no_grad()
-def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) -> EmuResult:
+def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False, record_uv: bool = True) -> EmuResult:
     """Run ``fnet`` bit-exactly on payload [T, B, n_in] (ints: graded payloads or 0/1), from zero state.
 
     Every layer starts its sample from u = v = 0 (Lava: LIFReset at the sample's first step),
     so the result equals Lava's fixed_pt run of the same samples back to back (hardware.lava).
     Without ``record``, a first layer with a constant input and a memoryless current (direct
-    encoding, the recipes' du = 1) is computed in closed form (``first_spike_steps``) and the
+    encoding, the recipes' du = 1) is computed in closed form (``first_spike_drives``) and the
     next Dense multiplies once per first-spike step k instead of once per time step: its input at
     step t is the sum of the one-hot masks of the divisors k of t, and W is linear.
+    ``record_uv=False`` records only the spikes (and counts), not u and v.
+
+    Memory: the state is O(B · n) per layer; a stride-0 payload (direct encoding) stays a view.
+    The closed form keeps the next layer's drive for every step, [T, B, n_2] (n_2 = 10 for a
+    one-hidden-layer network's read-out). ``record`` keeps [T, B, n] per layer (bool spikes,
+    int64 u and v).
     """
     if payload.dim() != 3 or payload.shape[2] != fnet.layers[0].n_in:
         raise SpikepropError(f"payload must be [T, B, {fnet.layers[0].n_in}]; got {tuple(payload.shape)}")
@@ -813,41 +865,58 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
              for i, layer in enumerate(all_layers)]
     biases = [bias_v(la, device) for la in all_layers]
     states: list[LIFState | None] = [None] * len(all_layers)  # zero state, made when a layer first steps
-    rec = {k: [[] for _ in all_layers] for k in ("s", "u", "v")}
+    # record: per layer one [T, B, n] buffer per recorded quantity, filled step by step
+    rec: dict[str, list[torch.Tensor | None]] = {k: [None] * len(all_layers) for k in ("s", "u", "v")}
+    counts: list[torch.Tensor | None] = [None] * len(all_layers)  # spikes summed step by step, when record
     a_first = None
     if constant:
         g0 = gemms[0]
         fast_int = g0.int8 and not g0.may_wrap and not record and B > 0
         a_first = _dense_int32(payload[0], g0) if fast_int else _dense(payload[0], g0)
     start = 0  # the first layer the step loop runs
-    a_given = None  # that layer's Dense output for every step [T, B, n], when computed up front
+    a_at = None  # a_at(t): that layer's Dense output at step t [B, n], when known without its input
     v_T = None  # the read-out's final voltage, when a closed form gives it
     if a_first is not None:
-        within = None if record else first_spike_steps(a_first, all_layers[0], biases[0], gemms[0], T)
-        if within is not None:
+        drives = None if record else first_spike_drives(a_first, all_layers[0], biases[0], gemms[0], T)
+        if drives is not None:
+            c, crossing = drives
             g = gemms[1]
-            # W·within_k - W·within_{k-1} = W·(first spike exactly at k); input at t = sum over k | t
-            cum = _product(within.view(torch.int8 if g.int8 else torch.bool).reshape(T * B, -1), g).view(T, B, -1)
-            per_k = torch.cat([cum[:1], cum[1:] - cum[:-1]])
-            per_t = [sum(per_k[k - 1] for k in range(1, t + 1) if t % k == 0) for t in range(1, T + 1)]
-            start, a_given = 1, _shift(torch.stack(per_t), g)
+            # W·within_k - W·within_{k-1} = W·(first spike exactly at k); input at t = sum over k | t.
+            # One mask within_k [B, n] at a time: the [T, B, n] masks are never held at once.
+            per_k, previous = [], None
+            for k in range(T):
+                cum = _product((c >= crossing[k]).view(torch.int8 if g.int8 else torch.bool), g)
+                per_k.append(cum if previous is None else cum - previous)
+                previous = cum
+
+            def a_at(t: int) -> torch.Tensor:  # local step t (0-based) is step t + 1 of the periodic trains
+                return _shift(sum(per_k[k - 1] for k in range(1, t + 2) if (t + 1) % k == 0), g)
+
+            start = 1
             if start == len(all_layers) - 1:  # the read-out follows: integrate in one sum where it applies
-                v_T = _integrator_closed_form(a_given, all_layers[-1], biases[-1])
+                v_T = _integrator_closed_form(map(a_at, range(T)), all_layers[-1], biases[-1])
         else:
             a_first = a_first.to(EXACT)
-            a_given = a_first.expand(T, *a_first.shape)
+            a_at = lambda t: a_first  # noqa: E731
     for t in range(T if v_T is None else 0):
         s = payload[t]
         for i in range(start, len(all_layers)):
-            a = a_given[t] if i == start and a_given is not None else _dense(s, gemms[i])
+            a = a_at(t) if i == start and a_at is not None else _dense(s, gemms[i])
             if states[i] is None:
                 states[i] = LIFState.zeros(B, all_layers[i].n_out, device=device, dtype=EXACT)
             step = fixed_lif_step(a, states[i], all_layers[i], biases[i], gemms[i].may_overflow_u)
             states[i] = step.state
             if record:
-                rec["s"][i].append(step.s)
-                rec["u"][i].append(step.state.u)
-                rec["v"][i].append(step.state.v)
+                if t == 0:
+                    shape = (T, *step.s.shape)
+                    rec["s"][i] = torch.zeros(shape, dtype=torch.bool, device=device)
+                    if record_uv:
+                        rec["u"][i], rec["v"][i] = (torch.zeros(shape, dtype=torch.int64, device=device) for _ in "uv")
+                rec["s"][i][t] = step.s  # 0./1. -> bool; the integer-valued u, v -> int64 exactly
+                if record_uv:
+                    rec["u"][i][t] = step.state.u
+                    rec["v"][i][t] = step.state.v
+                counts[i] = step.s if t == 0 else counts[i] + step.s
             s = step.s
     if v_T is None:
         v_T = states[-1].v if states[-1] is not None else torch.zeros(B, fnet.readout.n_out)
@@ -855,9 +924,8 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False) 
     logits = v_out.double() / (2**ACT_SHIFT * fnet.readout.scale * T)
     if not record:
         return EmuResult(v_out, logits)
-    stack = {k: [torch.stack(r).to(torch.bool if k == "s" else torch.int64) for r in rows] for k, rows in rec.items()}
-    counts = [s.sum(0) for s in stack["s"][:-1]]
-    return EmuResult(v_out, logits, counts, stack["s"], stack["u"], stack["v"])
+    u, v = (rec["u"], rec["v"]) if record_uv else (None, None)
+    return EmuResult(v_out, logits, [c.to(torch.int64) for c in counts[:-1]], rec["s"], u, v)
 
 
 def float_layers(net: Network) -> tuple[list[Layer], Layer]:

@@ -62,9 +62,9 @@ import torch
 
 import spikeprop
 from spikeprop import SpikepropError
+from spikeprop.files import prepare_parent
 from spikeprop.network import Network
 from spikeprop.neurons import LIFParams
-from spikeprop.files import prepare_parent
 
 DEFAULT_DT = 1e-4  # seconds per step: the dt snnTorch's NIR exporter and importer hard-code
 CONVENTION = "spikeprop-nir/1"  # the metadata below; bump if the mapping ever changes

@@ -11,6 +11,9 @@ network (784-1000-10 LIF, batch 128, direct encoding, Adam) with the same synthe
 Checks (printed, and the exit status is 1 when one fails):
   sigprop peak memory at the largest T <= 1.2x its peak at the smallest T;
   at T = 100: sigprop samples/s >= 1.5x ours BPTT, and >= snnTorch BPTT (when snntorch is installed).
+
+This is the training step alone; scripts/bench_command_memory.py measures whole commands
+(train, evaluate, analyze, verify) the same way, beside this step.
 """
 
 from __future__ import annotations

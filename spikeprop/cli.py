@@ -339,7 +339,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _interrupted(command: str | None) -> str:
     if command == "train":
         return ("interrupted; the last completed epoch is in the checkpoint (continue with "
-                "spikeprop train --resume RUN_DIR)")
+                "--resume RUN_DIR)")
     return "interrupted"
 
 

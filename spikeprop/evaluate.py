@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from spikeprop import SpikepropError
 from spikeprop.data import Dataset
 from spikeprop.encoders import Encoder
 from spikeprop.network import Network, simulate
@@ -31,6 +32,10 @@ def activity(net: Network, encoder: Encoder, ds: Dataset, n: int = 1000, device:
 
     Also synaptic operations per sample: every spike entering a Dense costs fan-out additions
     (graded first-layer inputs count one operation per non-zero input per step).
+
+    Memory: the ``n`` samples run as one batch through ``simulate`` (state O(n · neurons), flat
+    in T). Direct encoding's input is a stride-0 view; rate encoding draws its [T, n, n_in]
+    spikes up front (one draw for the batch, so that a seed fixes them), which grows with T.
     """
     x = ds.intensities(ds.test_x[:n]).to(device)
     xin = encoder(x)
@@ -44,13 +49,28 @@ def activity(net: Network, encoder: Encoder, ds: Dataset, n: int = 1000, device:
     return out
 
 
+def nonzero_inputs(xin: torch.Tensor) -> int:
+    """The number of non-zero entries of a time-major input ``xin`` [T, B, n_in], counted one step
+    at a time: memory O(B · n_in), never a [T, B, n_in] mask. A time-constant input (direct
+    encoding: a stride-0 time axis) is counted once and multiplied by T."""
+    if xin.dim() != 3:
+        raise SpikepropError(f"inputs must be time-major [T, B, N]; got shape {tuple(xin.shape)}")
+    T = xin.shape[0]
+    if T == 0:
+        return 0
+    if xin.stride(0) == 0:
+        return int(torch.count_nonzero(xin[0])) * T
+    return sum(int(torch.count_nonzero(x_t)) for x_t in xin)
+
+
 def synops(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> float:
     """Synaptic operations of a batch: input [T, B, n_in] and hidden spike counts (each [B, n]).
 
     Every non-zero input entering the first Dense costs its fan-out (``sizes[1]``) additions per
-    step, and every spike of hidden layer l costs the fan-out of the Dense it feeds.
+    step, and every spike of hidden layer l costs the fan-out of the Dense it feeds. The inputs
+    are counted step by step (``nonzero_inputs``), so memory does not grow with T.
     """
-    ops = float((xin != 0).sum()) * net.sizes[1]
+    ops = float(nonzero_inputs(xin)) * net.sizes[1]
     for layer, c in enumerate(counts):
         ops += float(c.sum()) * net.sizes[layer + 2]
     return ops
