@@ -1,6 +1,12 @@
-"""The only module that imports Lava (lava-nc 0.10.0): processes, runs, and the Python 3.11 shim.
+"""The only module that imports Lava (lava-nc 0.10.0): the float mapping, processes, runs, the 3.11 shim.
 
-Graph, per sample window of T steps (``research/lava.md`` §1.5, §3.6)::
+``run(network, x)`` runs a ``FixedNetwork`` (fixed_pt) or a ``FloatNetwork`` (floating_pt,
+``floating_pt_network`` maps a trained float network to one) on Lava's CPU simulator, for inputs
+``x`` [T, B, n_in] (what the source sends: integer payloads or floats), and returns time-major
+results like every other backend. The child process that runs Lava reads the network from the
+file ``hardware.loihi.save`` writes.
+
+Graph, per sample window of T steps::
 
     RingBuffer(payloads) -> [Dense -> LIFReset] x L -> Dense -> LIFReset (read-out integrator)
                                       |                                  |
@@ -10,7 +16,7 @@ Samples run back to back in ONE compiled network: layer i (0-based, the read-out
 integrates sample s's local step k at global step ``s·T + k + i + 2``, so each LIF is a
 ``LIFReset(reset_interval=T, reset_offset=(i + 2) mod T)`` that zeroes u and v at its sample's
 first step (the Dense buffers are not reset: they already carry the new sample). That is the
-per-sample zero-state form ``spikeprop.network.simulate`` and ``hardware.loihi.emulate`` compute.
+per-sample zero-state form ``spikeprop.network.simulate`` and ``hardware.emulator.emulate`` compute.
 One run lasts ``N·T + L + 1`` steps (the input is padded with zeros).
 
 Lava hangs silently after a worker error and ``stop()`` then hangs too (lava#231), so every run
@@ -52,7 +58,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hardware.loihi import Layer
+from hardware import loihi
+from hardware.loihi import FLOAT_UNREACHABLE, FixedNetwork, FloatLayer, FloatNetwork
 from spikeprop import SpikepropError
 
 VAR_MODEL = "lava.magma.compiler.var_model"
@@ -96,29 +103,51 @@ def import_lava():
 
 
 # --------------------------------------------------------------------------------------------
+# The float mapping
+
+
+def floating_pt_network(net, steps: int, *, graded_input: bool, input_bits: int = 0) -> FloatNetwork:
+    """A trained ``spikeprop.network.Network`` as Lava floating_pt parameters (float64).
+
+    Weights are the ones ``simulate`` uses (after ``net.weight_transform``); the read-out is a
+    non-spiking integrator (du = 1, dv = 0, an unreachable threshold) whose v after T steps is
+    T·logits. graded_input, input_bits: how the source sends the input (graded values need
+    message bits on the first Dense; binary spikes none)."""
+    def f64(t) -> np.ndarray:
+        return t.detach().cpu().double().numpy()
+
+    weights = [net.effective_weight(w) for w in net.weights]
+    layers = tuple(FloatLayer(f64(w), float(p.du), float(p.dv), float(p.vth), f64(b))
+                   for w, b, p in zip(weights, net.biases, net.params))
+    readout = FloatLayer(f64(net.effective_weight(net.readout.weight)), 1.0, 0.0, FLOAT_UNREACHABLE, f64(net.readout.bias))
+    return FloatNetwork(layers, readout, int(steps), graded_input, input_bits)
+
+
+# --------------------------------------------------------------------------------------------
 # Running networks on Lava's CPU simulator
 
-TAGS = ("fixed_pt", "floating_pt")
 ROOT = Path(__file__).resolve().parent.parent
 # Generous default limit: start-up, compile (~0.3 s per chunk), ~1 ms per simulated step per
-# layer and ~15 µs per value read back (Var.get sends one element per message, lava.md §3.4),
-# each with a factor of about 5 for a busy 2-core machine; a hang is still reported, not waited on.
+# layer and ~15 µs per value read back (Var.get sends one element per message), each with a
+# factor of about 5 for a busy 2-core machine; a hang is still reported, not waited on.
 TIMEOUT_BASE_S = 120.0
 TIMEOUT_PER_CHUNK_S = 2.0
 TIMEOUT_PER_STEP_S = 0.005
 TIMEOUT_PER_READ_S = 1e-4
 EXIT_WORKER_ERROR = 3  # the child's status when Lava raised (its runtime is then unusable)
 EXIT_SIGNAL_BASE = 128  # a process ended by signal N exits with 128 + N (the shell's convention)
-TEMP_PREFIX = "spikeprop-lava-"  # each run's temporary directory (spec, results, the child's log)
+TEMP_PREFIX = "spikeprop-lava-"  # each run's temporary directory (network, input, results, the child's log)
 WATCHDOG_POLL_S = 0.1  # how often the child checks that its parent is alive: the delay before cleanup
 
 
 class LavaResult(NamedTuple):
-    """Results of ``run``, sample-aligned (local time, as ``emulate`` and ``simulate`` give them).
+    """Results of ``run``, time-major and sample-aligned (each layer in its local clock, as
+    ``simulate`` and ``emulate`` give them).
 
-    spikes: per hidden layer [N, T, n] bool (None with ``record_spikes=False``); v_out: the read-out's v at the end of each sample
-    [N, C]; u, v: per layer including the read-out [N, T, n] after the step's reset (only with
-    ``record_uv``); timing: seconds for build, compile, runtime start, run, read, per chunk summed.
+    spikes: per hidden layer [T, B, n] bool (None with ``record_spikes=False``); v_out: the
+    read-out's v at the end of each sample [B, C]; u, v: per layer including the read-out
+    [T, B, n] after the step's reset (only with ``record_uv``); timing: seconds for build,
+    compile, runtime start, run, read, per chunk summed.
     """
 
     spikes: list[np.ndarray] | None
@@ -128,60 +157,60 @@ class LavaResult(NamedTuple):
     timing: dict
 
 
-def run(layers: list[Layer], readout: Layer, x: np.ndarray, *, tag: str, graded: bool, input_bits: int = 8,
-        record_spikes: bool = True, record_uv: bool = False, chunk: int = 500,
-        timeout: float | None = None) -> LavaResult:
-    """Run N samples x [N, T, n_in] on Lava's CPU simulator (``Loihi2SimCfg(select_tag=tag)``).
+def default_timeout(network: FixedNetwork | FloatNetwork, B: int, T: int, *, record_spikes: bool, record_uv: bool,
+                    chunk: int) -> float:
+    """Seconds after which a run of B samples counts as a silent hang (constants above)."""
+    layers = network.layers
+    chunks = -(-B // chunk)
+    steps = B * T + chunks * (len(layers) + 1)
+    neurons = sum(la.n_out for la in layers)
+    reads = steps * neurons * record_spikes + (2 * steps * (neurons + network.readout.n_out) if record_uv else 0)
+    return (TIMEOUT_BASE_S + TIMEOUT_PER_CHUNK_S * chunks + TIMEOUT_PER_STEP_S * steps * (len(layers) + 1)
+            + TIMEOUT_PER_READ_S * reads)
 
-    x holds integer payloads (fixed_pt; graded or 0/1) or floats (floating_pt). ``chunk`` samples
-    share one compiled network (``chunk=1`` compiles once per sample: the naive baseline).
-    ``record_spikes=False`` reads back only the read-out voltages (Lava's Var reads cost ~15 µs
-    per value, lava.md §3.4, so reading every spike dominates a long run).
-    Runs in a child process with a timeout (module docstring); raises SpikepropError on a hang or
-    a Lava error, after killing the child and all its workers.
+
+def run(network: FixedNetwork | FloatNetwork, x, *, record_spikes: bool = True, record_uv: bool = False,
+        chunk: int = 500, timeout: float | None = None) -> LavaResult:
+    """Run B samples ``x`` [T, B, n_in] back to back on Lava's CPU simulator
+    (``Loihi2SimCfg(select_tag=network.precision)``).
+
+    x holds what the source sends: integer payloads for a FixedNetwork (graded values or 0/1,
+    ``FixedNetwork.payload``), floats for a FloatNetwork. ``chunk`` samples share one compiled
+    network (``chunk=1`` compiles once per sample: the naive baseline). ``record_spikes=False``
+    reads back only the read-out voltages (Lava's Var reads cost ~15 µs per value, so reading every
+    spike dominates a long run). Runs in a child process with a timeout (module docstring); raises
+    SpikepropError on a hang or a Lava error, after killing the child and all its workers.
     """
-    if tag not in TAGS:
-        raise SpikepropError(f"unknown Lava tag '{tag}' (choose from: {', '.join(TAGS)})")
     x = np.asarray(x)
-    if x.ndim != 3 or x.shape[2] != layers[0].n_in:
-        raise SpikepropError(f"inputs must be [N, T, {layers[0].n_in}]; got {x.shape}")
+    n_in = network.layers[0].n_in
+    if x.ndim != 3 or x.shape[2] != n_in:
+        raise SpikepropError(f"inputs must be [T, B, {n_in}]; got {x.shape}")
+    # What Lava would round, clip or hang on is refused here, before a process starts.
+    problems = loihi.check_params(network) if isinstance(network, FixedNetwork) else loihi.chain_problems(network)
+    if problems:
+        raise SpikepropError("Lava would not run this network as written: " + "; ".join(problems))
     if chunk < 1:
         raise SpikepropError("chunk must be >= 1")
-    N, T, _ = x.shape
+    T, B, _ = x.shape
     if timeout is None:
-        chunks = -(-N // chunk)
-        steps = N * T + chunks * (len(layers) + 1)
-        neurons = sum(la.n_out for la in layers)
-        reads = steps * neurons * record_spikes + (2 * steps * (neurons + readout.n_out) if record_uv else 0)
-        timeout = (TIMEOUT_BASE_S + TIMEOUT_PER_CHUNK_S * chunks + TIMEOUT_PER_STEP_S * steps * (len(layers) + 1)
-                   + TIMEOUT_PER_READ_S * reads)
+        timeout = default_timeout(network, B, T, record_spikes=record_spikes, record_uv=record_uv, chunk=chunk)
     with _terminate_raises(), tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
-        spec, out = Path(tmp) / "spec.npz", Path(tmp) / "out.npz"
+        tmp = Path(tmp)
+        loihi.save(network, tmp / "network.npz")
         # An input that repeats over time (direct encoding: a stride-0 time axis) travels as one step.
-        constant = T > 1 and x.strides[1] == 0
-        header = {"tag": tag, "graded": graded, "input_bits": input_bits, "record_uv": record_uv, "chunk": chunk,
-                  "record_spikes": record_spikes, "shape": list(x.shape),
-                  "layers": [_layer_header(la) for la in [*layers, readout]]}
-        arrays = {"header": np.array(json.dumps(header)), "x": x[:, :1] if constant else x}
-        for i, la in enumerate([*layers, readout]):
-            arrays[f"w{i}"], arrays[f"bm{i}"], arrays[f"be{i}"] = la.weights, la.bias_mant, la.bias_exp
-        np.savez(spec, **arrays)
-        _run_child(spec, out, timeout)
+        constant = T > 1 and x.strides[0] == 0
+        np.save(tmp / "x.npy", np.ascontiguousarray(x[:1] if constant else x))
+        (tmp / "run.json").write_text(json.dumps({"shape": list(x.shape), "record_spikes": record_spikes,
+                                                  "record_uv": record_uv, "chunk": chunk}))
+        out = tmp / "out.npz"
+        _run_child(tmp, out, timeout)
         with np.load(out, allow_pickle=False) as z:
             timing = json.loads(str(z["timing"]))
-            n_all = len(layers) + 1
-            spikes = [z[f"s{i}"].astype(bool) for i in range(len(layers))] if record_spikes else None
+            n_all = len(network.layers) + 1
+            spikes = [z[f"s{i}"].astype(bool) for i in range(len(network.layers))] if record_spikes else None
             u = [z[f"u{i}"] for i in range(n_all)] if record_uv else None
             v = [z[f"v{i}"] for i in range(n_all)] if record_uv else None
             return LavaResult(spikes, z["v_out"], u, v, timing)
-
-
-def _layer_header(la: Layer) -> dict:
-    """Scalars keep their kind: fixed_pt needs Python ints (a float vth breaks its worker, lava.md §1.1)."""
-    def num(y):
-        return int(y) if isinstance(y, (int, np.integer)) else float(y)
-
-    return {"weight_exp": int(la.weight_exp), "du": num(la.du), "dv": num(la.dv), "vth": num(la.vth)}
 
 
 @contextmanager
@@ -205,13 +234,18 @@ def _terminate_raises():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_child(spec: Path, out: Path, timeout: float) -> None:
-    """Run ``_child_main(spec, out, our pid)`` in a new process group; kill the group on timeout or error."""
-    code = "import sys; from hardware.lava import _child_main; _child_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
+# The child's program: ``_child_main(run_dir, out, parent pid)``.
+CHILD_CODE = "import sys; from hardware.lava import _child_main; _child_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
+
+
+def _run_child(run_dir: Path, out: Path, timeout: float, code: str | None = None) -> None:
+    """Run ``CHILD_CODE`` (or ``code``) on (run_dir, out, our pid) in a new process group; kill the
+    group on timeout or error."""
+    code = code or CHILD_CODE
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    log = spec.parent / "child.log"
+    log = run_dir / "child.log"
     with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(out), str(os.getpid())], stdout=logf,
+        proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), str(out), str(os.getpid())], stdout=logf,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
@@ -300,25 +334,25 @@ def _signal_each(pids: list[int], sig: int) -> None:
             pass
 
 
-def _child_main(spec_path: str, out_path: str, parent: int) -> None:
-    """Entry point of the child process: build, run, write results; never returns.
-
-    ``parent``: the pid of the process that started it; a watchdog thread cleans up if it dies."""
-    threading.Thread(target=_watch_parent, args=(parent, Path(spec_path).parent), name="spikeprop-watchdog",
-                     daemon=True).start()
+def _child_main(run_dir: str, out_path: str, parent: int) -> None:
+    """Entry point of the child process: read the network and input, build, run, write results;
+    never returns. ``parent``: the pid of the process that started it; a watchdog thread cleans up
+    if it dies."""
+    run_dir = Path(run_dir)
+    threading.Thread(target=_watch_parent, args=(parent, run_dir), name="spikeprop-watchdog", daemon=True).start()
     try:
-        with np.load(spec_path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            x = np.broadcast_to(z["x"], tuple(header["shape"]))  # [N, T, n_in]; a view when sent as one step
-            layers = [Layer(z[f"w{i}"], h["weight_exp"], h["du"], h["dv"], h["vth"], z[f"bm{i}"], z[f"be{i}"])
-                      for i, h in enumerate(header["layers"])]
+        network = loihi.load(run_dir / "network.npz")
+        opts = json.loads((run_dir / "run.json").read_text())
+        x = np.broadcast_to(np.load(run_dir / "x.npy"), tuple(opts["shape"]))  # [T, B, n_in]; a view when sent as one step
         results, timing = [], {}
-        for start in range(0, x.shape[0], header["chunk"]):
-            res, t = _run_chunk(layers, x[start : start + header["chunk"]], header)
+        for start in range(0, x.shape[1], opts["chunk"]):
+            built = build(network, x[:, start : start + opts["chunk"]], record_spikes=opts["record_spikes"],
+                          record_uv=opts["record_uv"])
+            res, t = run_built(built)
             results.append(res)
             for k, val in t.items():
                 timing[k] = timing.get(k, 0.0) + val
-        arrays = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+        arrays = {k: np.concatenate([r[k] for r in results], axis=0 if k == "v_out" else 1) for k in results[0]}
         arrays["timing"] = np.array(json.dumps(timing))
         np.savez(out_path, **arrays)
     except BaseException:
@@ -331,11 +365,43 @@ def _child_main(spec_path: str, out_path: str, parent: int) -> None:
     os._exit(0)
 
 
-def _run_chunk(layers: list[Layer], x: np.ndarray, header: dict) -> tuple[dict, dict]:
-    """Build the graph for x [N, T, n_in], run it once, read back; in the child process."""
+def to_lava_time(x: np.ndarray, steps: int, dtype) -> np.ndarray:
+    """Lava's time-last layout, the only place spikeprop's [T, B, n] meets it: x [T, B, n] ->
+    [n, steps] with sample b's step t at column b·T + t (samples back to back, zero padding after)."""
+    T, B, n = x.shape
+    data = np.zeros((n, steps), dtype=dtype)
+    for b in range(B):  # sample by sample: a time-constant x stays a view (no [B·T, n] copy)
+        data[:, b * T : (b + 1) * T] = x[:, b].T
+    return data
+
+
+def from_lava_time(arr: np.ndarray, layer: int, T: int, B: int) -> np.ndarray:
+    """The inverse for layer ``layer``'s record [steps, n] in global steps: [T, B, n] in the layer's
+    local clock (sample b's local step t is global step b·T + t + layer + 1)."""
+    return arr[layer + 1 : layer + 1 + B * T].reshape(B, T, -1).transpose(1, 0, 2)
+
+
+class Built(NamedTuple):
+    """A compiled-to-be Lava graph for one chunk of samples (``build``), run by ``run_built``."""
+
+    source: object
+    sinks: list
+    lifs: list
+    monitors: list
+    reader: object
+    tag: str
+    T: int
+    B: int
+    L: int
+    total: int
+    warm: int
+    build_s: float
+
+
+def build(network: FixedNetwork | FloatNetwork, x: np.ndarray, *, record_spikes: bool, record_uv: bool) -> Built:
+    """The Lava processes of ``network`` for the samples x [T, B, n_in] (module docstring's graph);
+    in the child process. ``hardware.lava`` is the one place a layer record becomes Lava processes."""
     import_lava()
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import Dense
     from lava.proc.io.sink import Read
     from lava.proc.io.sink import RingBuffer as Sink
@@ -344,64 +410,68 @@ def _run_chunk(layers: list[Layer], x: np.ndarray, header: dict) -> tuple[dict, 
     from lava.proc.monitor.process import Monitor
 
     t0 = time.perf_counter()
-    N, T, n_in = x.shape
+    T, B, _ = x.shape
+    layers = [*network.layers, network.readout]
     L = len(layers) - 1  # hidden layers; layers[-1] is the read-out
-    total = N * T + L + 1
-    fixed = header["tag"] == "fixed_pt"
-    # Lava's layout is time-last: [n_in, steps]. The only place spikeprop's [T, B, N] meets it.
-    data = np.zeros((n_in, total), dtype=np.int32 if fixed else np.float64)
-    for s in range(N):  # sample by sample: a time-constant x stays a view (no [N·T, n_in] copy)
-        data[:, s * T : (s + 1) * T] = x[s].T
-    src = Source(data=data)
+    total = B * T + L + 1
+    fixed = isinstance(network, FixedNetwork)
+    src = Source(data=to_lava_time(x, total, np.int32 if fixed else np.float64))
     prev, sinks, lifs, monitors = src.s_out, [], [], []
     for i, la in enumerate(layers):
         kw = {"weights": la.weights.astype(np.int32 if fixed else np.float64),
-              "num_message_bits": header["input_bits"] if i == 0 and header["graded"] else 0}
+              "num_message_bits": network.input_bits if i == 0 and network.graded_input else 0}
         if fixed:
+            # Python ints: a float parameter under fixed_pt breaks Lava's worker (a silent hang)
+            neuron = {"du": int(la.du), "dv": int(la.dv), "vth": int(la.vth), "bias_mant": la.bias_mant.astype(np.int32),
+                      "bias_exp": la.bias_exp.astype(np.int32)}
             kw["weight_exp"] = int(la.weight_exp)
+        else:
+            neuron = {"du": float(la.du), "dv": float(la.dv), "vth": float(la.vth), "bias_mant": la.bias.astype(np.float64),
+                      "bias_exp": np.zeros(la.n_out, dtype=np.int32)}
         dense = Dense(**kw)
-        lif = LIFReset(shape=(la.n_out,), du=la.du, dv=la.dv, vth=la.vth,
-                       bias_mant=la.bias_mant.astype(np.int32 if fixed else np.float64), bias_exp=la.bias_exp.astype(np.int32),
-                       reset_interval=T, reset_offset=(i + 2) % T)
+        lif = LIFReset(shape=(la.n_out,), reset_interval=T, reset_offset=(i + 2) % T, **neuron)
         prev.connect(dense.s_in)
         dense.a_out.connect(lif.a_in)
-        if i < L and header["record_spikes"]:
+        if i < L and record_spikes:
             sink = Sink(shape=(la.n_out,), buffer=total)
             lif.s_out.connect(sink.a_in)
             sinks.append(sink)
-        if header["record_uv"]:
+        if record_uv:
             for var in (lif.u, lif.v):
                 m = Monitor()
                 m.probe(var, total)
                 monitors.append((m, lif, var.name))
         lifs.append(lif)
         prev = lif.s_out
-    # The read-out's v after its last step of sample s is read in post-management at global
-    # step (s+1)·T + L + 1; reads happen when (t - 1) mod T == L mod T, and the first
+    # The read-out's v after its last step of sample b is read in post-management at global
+    # step (b+1)·T + L + 1; reads happen when (t - 1) mod T == L mod T, and the first
     # 1 + L // T reads precede sample 0 (warm-up reads).
     warm = 1 + L // T
-    reader = Read(buffer=N + warm, interval=T, offset=L % T)
+    reader = Read(buffer=B + warm, interval=T, offset=L % T)
     reader.connect_var(lifs[-1].v)
-    cfg = Loihi2SimCfg(select_tag=header["tag"])
+    return Built(src, sinks, lifs, monitors, reader, network.precision, T, B, L, total, warm, time.perf_counter() - t0)
+
+
+def run_built(built: Built) -> tuple[dict, dict]:
+    """Compile, run and read back a ``build``; returns time-major arrays and the timing."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    src, T, B = built.source, built.T, built.B
     t1 = time.perf_counter()
-    executable = src.compile(run_cfg=cfg)
+    executable = src.compile(run_cfg=Loihi2SimCfg(select_tag=built.tag))
     t2 = time.perf_counter()
     src.create_runtime(executable=executable)
     t3 = time.perf_counter()
-    src.run(condition=RunSteps(num_steps=total))
+    src.run(condition=RunSteps(num_steps=built.total))
     t4 = time.perf_counter()
-
-    def local(arr: np.ndarray, i: int) -> np.ndarray:
-        """[total, n] in global steps -> [N, T, n] in layer i's local clock (index s·T + k + i + 1)."""
-        return arr[i + 1 : i + 1 + N * T].reshape(N, T, -1)
-
-    out = {f"s{i}": local(sink.data.get().T, i).astype(np.int8) for i, sink in enumerate(sinks)}
-    out["v_out"] = reader.data.get()[:, warm : warm + N].T
-    for m, lif, name in monitors:
-        i = lifs.index(lif)
-        out[f"{name}{i}"] = local(m.get_data()[lif.name][name], i)
+    out = {f"s{i}": from_lava_time(sink.data.get().T, i, T, B).astype(np.int8) for i, sink in enumerate(built.sinks)}
+    out["v_out"] = built.reader.data.get()[:, built.warm : built.warm + B].T
+    for m, lif, name in built.monitors:
+        i = built.lifs.index(lif)
+        out[f"{name}{i}"] = from_lava_time(m.get_data()[lif.name][name], i, T, B)
     t5 = time.perf_counter()
     src.stop()
-    timing = {"build_s": t1 - t0, "compile_s": t2 - t1, "start_s": t3 - t2, "run_s": t4 - t3, "read_s": t5 - t4,
-              "stop_s": time.perf_counter() - t5, "steps": total}
+    timing = {"build_s": built.build_s, "compile_s": t2 - t1, "start_s": t3 - t2, "run_s": t4 - t3, "read_s": t5 - t4,
+              "stop_s": time.perf_counter() - t5, "steps": built.total}
     return out, timing

@@ -172,7 +172,7 @@ def to_nir(net: Network, *, dt: float = DEFAULT_DT, steps: int | None = None, me
     nodes: dict = {"input": nir.Input(input_type={"input": np.array([net.sizes[0]])})}
     order = ["input"]
     # The weights as simulate runs them (fake-quantized when trained with --quantize loihi).
-    transform = net.weight_transform if getattr(net, "weight_transform", None) is not None else (lambda w: w)
+    transform = net.effective_weight
     for layer, (w, b, params) in enumerate(zip(net.weights, net.biases, net.params), start=1):
         w = transform(w).detach().cpu().numpy().astype(np.float32)
         b = b.detach().cpu().numpy().astype(np.float32)
@@ -399,104 +399,3 @@ def from_nir(graph, *, dt: float | None = None) -> Network:
 def import_nir(path: str | Path, *, dt: float | None = None) -> Network:
     """Read a NIR file into a ``Network`` (``from_nir`` on ``load_nir``)."""
     return from_nir(load_nir(path), dt=dt)
-
-
-# ---------------------------------------------------------------------------------------------
-# Run directories
-
-
-def export_run(run_dir: str | Path, path: str | Path, *, dt: float = DEFAULT_DT):
-    """Export the trained network of a run directory, with its T, dataset, encoding and rule as metadata."""
-    from spikeprop.train import load_run
-
-    config, _, net, _, _ = load_run(run_dir, device="cpu")
-    extra = {"dataset": config.dataset, "encoding": config.encoding, "rule": config.rule, "neurons": config.neurons}
-    return export_nir(net, path, dt=dt, steps=config.steps, metadata=extra)
-
-
-INPUT_SIZES = {64: "digits", 784: "fashion-mnist"}  # the default dataset for an input size
-DATASET_SHAPES = {"digits": (64, 10), "fashion-mnist": (784, 10), "mnist": (784, 10)}  # (features, classes)
-
-
-def _shared_params(net: Network) -> LIFParams:
-    """One LIFParams for all layers (the run format has one), equalising thresholds by scaling layers."""
-    first = net.params[0]
-    for layer, p in enumerate(net.params):
-        if (p.du, p.dv) != (first.du, first.dv):
-            raise SpikepropError(f"layer {layer + 1} has du={p.du}, dv={p.dv} but layer 1 has du={first.du}, "
-                                 f"dv={first.dv}; a run directory keeps one (du, dv) for all layers")
-    with torch.no_grad():
-        for layer, p in enumerate(net.params):
-            if p.vth != first.vth:  # scaling a layer's W and bias scales its v: same spikes
-                net.weights[layer].mul_(first.vth / p.vth)
-                net.biases[layer].mul_(first.vth / p.vth)
-    net.params = tuple(first for _ in net.params)
-    return first
-
-
-def import_run(path: str | Path, run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
-               steps: int | None = None, encoding: str | None = None, rule: str | None = None,
-               dt: float | None = None) -> dict:
-    """Write a run directory (config.json, checkpoint.pt, empty metrics) holding the network of a NIR file.
-
-    Settings the graph cannot carry come from the arguments, then from the graph's metadata (a
-    spikeprop export writes steps, dataset, encoding and rule), then from the dataset's recipe;
-    the dataset defaults by input size (64: digits, 784: fashion-mnist). The checkpoint is at
-    epoch 0 with a fresh rule state, so ``evaluate``, ``export`` and ``train --resume`` accept it.
-    Returns the resolved config as a dict.
-    """
-    from models import recipe
-    from spikeprop import runs
-    from spikeprop.config import TrainConfig
-    from spikeprop.data import load
-    from spikeprop.rules import RULES
-    from spikeprop.train import build, checkpoint_state, start_run
-
-    graph = load_nir(path)
-    net = from_nir(graph, dt=dt)
-    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
-    n_in, n_out = net.sizes[0], net.sizes[-1]
-    dataset = dataset or meta.get("dataset") or INPUT_SIZES.get(n_in)
-    if dataset is None:
-        raise SpikepropError(f"the graph takes {n_in} inputs, which matches no built-in dataset's default; "
-                             "give --dataset")
-    if dataset not in DATASET_SHAPES:
-        raise SpikepropError(f"the graph's metadata names dataset {dataset!r}, which spikeprop does not know; give --dataset")
-    # Checks that need no data come first: a wrong dataset is an error before any file is read.
-    if DATASET_SHAPES[dataset] != (n_in, n_out):
-        raise SpikepropError(f"the graph maps {n_in} inputs to {n_out} classes but {dataset} has "
-                             f"{DATASET_SHAPES[dataset][0]} features and {DATASET_SHAPES[dataset][1]} classes")
-    rule = rule or (meta.get("rule") if meta.get("rule") in RULES else "bptt")
-    run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise SpikepropError(f"{run_dir} exists and is not an empty directory; pick another --out")
-    params = _shared_params(net)
-    base = recipe(dataset, rule)
-    meta_steps = meta.get("steps")
-    if steps is None and meta_steps is not None:
-        try:
-            steps = int(meta_steps)
-        except (TypeError, ValueError):
-            raise SpikepropError(f"the graph's metadata steps {meta_steps!r} is not an integer; give --steps") from None
-    values = {
-        **base, "rule": rule, "dataset": dataset, "data_dir": data_dir,
-        "neurons": "if" if params.dv == 0 else "lif", "du": params.du, "dv": params.dv, "vth": params.vth,
-        "hidden": list(net.sizes[1:-1]),
-        "steps": steps if steps is not None else base.get("steps", TrainConfig.steps),
-        "encoding": encoding or meta.get("encoding") or "direct",
-    }
-    config = TrainConfig.from_dict(values, source=f"the settings of {path}")
-    ds = load(dataset, data_dir)
-    built, rule_obj, _ = build(config, ds)
-    built.load_state_dict(net.state_dict())
-    with runs.RunLock(run_dir):
-        if any(e.name != runs.LOCK for e in run_dir.iterdir()):
-            raise SpikepropError(f"{run_dir} is not empty; pick another --out")
-        start_run(run_dir, config)
-        runs.save_checkpoint(run_dir, checkpoint_state(config, built, rule_obj, epoch=0, train_time_s=0.0,
-                                                       samples_seen=0, metrics=[]))
-        runs.write_metrics(run_dir, [])
-        source = {"nir_file": str(path), "dt": float(meta.get("dt", DEFAULT_DT)) if dt is None else dt,
-                  "graph_metadata": {k: str(v) for k, v in meta.items()}}
-        runs.write_json(run_dir / "import.json", source)
-    return config.to_dict()

@@ -6,7 +6,7 @@
 RUN_DIR defaults to runs/quickstart (the README's first command); without it a 5-epoch digits
 run is trained into a temporary directory. Measured on the same quantized network and inputs:
 
-- emulator: the whole test set through ``hardware.loihi.emulate`` in batches of 500 as
+- emulator: the whole test set through ``hardware.emulator.emulate`` in batches of 500 as
   ``spikeprop evaluate --backend loihi`` runs it, best of 7 (the machine is shared, and the
   fastest repeat is the one least disturbed by other jobs), with 1 torch thread and again with
   ``--threads`` (default: every core, as Lava's simulator uses them: one OS process per Lava
@@ -32,13 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hardware import lava  # noqa: E402
-from hardware.loihi import EVAL_BATCH, emulate, quantize_run  # noqa: E402
+from hardware.deploy import EVAL_BATCH, load_deployment, quantize_deployment  # noqa: E402
+from hardware.emulator import emulate  # noqa: E402
 from spikeprop.cli import main as cli  # noqa: E402
 
 EMULATOR_REPEATS = 7
@@ -46,8 +46,10 @@ EMULATOR_REPEATS = 7
 
 def bench(run_dir: str, lava_samples: int, naive_samples: int, threads: int) -> dict:
     torch.set_num_threads(1)
-    config, ds, net, encoder, fnet, _ = quantize_run(run_dir)
-    x_all = encoder(ds.intensities(ds.test_x))  # as evaluate_run: direct encoding keeps a stride-0 time axis
+    dep = load_deployment(run_dir)
+    config, ds = dep.config, dep.dataset
+    fnet, _ = quantize_deployment(dep, run_dir)
+    x_all = dep.encode(ds.intensities(ds.test_x))  # as evaluate_run: direct encoding keeps a stride-0 time axis
     payload_all = fnet.payload(x_all)
     n_test = payload_all.shape[1]
 
@@ -64,10 +66,9 @@ def bench(run_dir: str, lava_samples: int, naive_samples: int, threads: int) -> 
     emu_acc = float((emulate_all().argmax(1) == ds.test_y).float().mean())
 
     def lava_run(n: int, chunk: int, spikes: bool) -> dict:
-        x = np.ascontiguousarray(payload_all[:, :n].permute(1, 0, 2).numpy())
+        x = payload_all[:, :n].numpy()
         t0 = time.perf_counter()
-        res = lava.run(list(fnet.layers), fnet.readout, x, tag="fixed_pt", graded=fnet.graded_input,
-                       input_bits=fnet.input_bits, chunk=chunk, record_spikes=spikes)
+        res = lava.run(fnet, x, chunk=chunk, record_spikes=spikes)
         wall = time.perf_counter() - t0
         emu_v = emulate(fnet, payload_all[:, :n]).v_out.numpy()
         steady = res.timing["run_s"] + res.timing["read_s"]

@@ -49,6 +49,7 @@ class Network(nn.Module):
         params: LIFParams | Sequence[LIFParams],
         generator: torch.Generator | None = None,
         gain: float = 1.0,
+        weight_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         sizes = [int(n) for n in sizes]
@@ -64,8 +65,8 @@ class Network(nn.Module):
         self.sizes = tuple(sizes)
         self.params = tuple(params)
         # Optional W -> W' applied to every Dense (hidden and read-out) inside ``simulate``:
-        # ``--quantize loihi`` sets spikeprop.quantize.fake_quant_weight. Not a parameter.
-        self.weight_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # ``--quantize loihi`` gives spikeprop.quantize.fake_quant_weight. Not a parameter.
+        self.weight_transform = weight_transform
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
@@ -76,6 +77,10 @@ class Network(nn.Module):
             bound = 1.0 / math.sqrt(sizes[-2])
             self.readout.weight.copy_(_uniform(self.readout.weight.shape, bound, generator))
             self.readout.bias.zero_()
+
+    def effective_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight a Dense runs with: ``weight_transform(w)`` (the fake-quantized one), else ``w``."""
+        return self.weight_transform(w) if self.weight_transform is not None else w
 
     @property
     def n_layers(self) -> int:
@@ -135,9 +140,7 @@ def simulate(
     if x.dim() != 3:
         raise SpikepropError(f"inputs must be time-major [T, B, N]; got shape {tuple(x.shape)}")
     T, B, _ = x.shape
-    weights = list(net.weights)
-    if net.weight_transform is not None:
-        weights = [net.weight_transform(w) for w in weights]
+    weights = [net.effective_weight(w) for w in net.weights]
     if first_weight is not None:
         weights[0] = first_weight
     if x.shape[2] != weights[0].shape[1]:
@@ -165,7 +168,7 @@ def simulate(
     if net.weight_transform is None:
         logits = net.readout(counts[-1] / T)
     else:
-        logits = F.linear(counts[-1] / T, net.weight_transform(net.readout.weight), net.readout.bias)
+        logits = F.linear(counts[-1] / T, net.effective_weight(net.readout.weight), net.readout.bias)
     if not record:
         return SimResult(counts, logits)
     return SimResult(counts, logits, [torch.stack(r) for r in rec_s], [torch.stack(r) for r in rec_v])

@@ -71,21 +71,31 @@ def check_size(config: TrainConfig, ds: Dataset) -> None:
                              "use smaller --hidden sizes")
 
 
+def build_network(config: TrainConfig, ds: Dataset) -> Network:
+    """The network of ``config`` for ``ds`` (initial weights from the seed), on the config's device."""
+    check_size(config, ds)
+    # --quantize loihi: train what Loihi 2 will run (spikeprop.quantize)
+    transform = fake_quant_weight if config.quantize == "loihi" else None
+    net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(),
+                  generator=seeds.generator(config.seed, "weights"), weight_transform=transform)
+    return net.to(config.device)
+
+
+def evaluation_encoder(config: TrainConfig, stream: str = "evaluation") -> Encoder:
+    """The encoder of ``config`` with its generator on sub-stream ``stream`` of the seed."""
+    return Encoder(config.encoding, config.steps, seeds.generator(config.seed, stream, device=config.device))
+
+
 def build(config: TrainConfig, ds: Dataset) -> tuple[Network, Rule, Encoder]:
     """The network (initial weights from the seed), its encoder and its rule."""
-    check_size(config, ds)
-    g = seeds.generator(config.seed, "weights")
-    net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(), generator=g)
-    net.to(config.device)
-    if config.quantize == "loihi":
-        net.weight_transform = fake_quant_weight  # train what Loihi 2 will run (spikeprop.quantize)
-    encoder = Encoder(config.encoding, config.steps, seeds.generator(config.seed, "evaluation", device=config.device))
+    net = build_network(config, ds)
+    encoder = evaluation_encoder(config)
     rule = RULES[config.rule](net, config, encoder)
     return net, rule, encoder
 
 
-def restore(config: TrainConfig, net: Network, rule: Rule, ckpt: dict, source: Path) -> None:
-    """Load a checkpoint into a freshly built network and rule, after checking that the checkpoint
+def restore_network(config: TrainConfig, net: Network, ckpt: dict, source: Path) -> None:
+    """Load a checkpoint's weights into a freshly built network, after checking that the checkpoint
     was trained with ``config`` (``config.json``): an edited ``steps``, ``vth`` or rule would
     otherwise change every result silently."""
     stored = ckpt.get("config")
@@ -99,12 +109,21 @@ def restore(config: TrainConfig, net: Network, rule: Rule, ckpt: dict, source: P
     elif ckpt.get("architecture") != net.describe():  # format 1: only the architecture was recorded
         raise SpikepropError(f"{source / runs.CHECKPOINT} holds a network {ckpt.get('architecture')} but "
                              f"{source / runs.CONFIG} describes {net.describe()}; restore {runs.CONFIG} or re-train")
+    _load_state(lambda: net.load_state_dict(ckpt["network"]), source)
+
+
+def _load_state(load, source: Path) -> None:
     try:
-        net.load_state_dict(ckpt["network"])
-        rule.load_state_dict(ckpt["rule"])
+        load()
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpikepropError(f"{source / runs.CHECKPOINT} does not match {runs.CONFIG}: {first}") from None
+
+
+def restore(config: TrainConfig, net: Network, rule: Rule, ckpt: dict, source: Path) -> None:
+    """``restore_network``, then the rule's state (optimizers, generator, extra tensors)."""
+    restore_network(config, net, ckpt, source)
+    _load_state(lambda: rule.load_state_dict(ckpt["rule"]), source)
 
 
 def peak_memory_mib() -> float:
@@ -253,6 +272,18 @@ def read_config(run_dir: Path, device: str | None = None) -> TrainConfig:
     return TrainConfig.from_run(raw, str(run_dir / runs.CONFIG))
 
 
+def load_network(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, Dataset, Network]:
+    """A trained run's config, dataset and network (weights loaded and checked), without a rule."""
+    run_dir = runs.check_run_dir(run_dir)
+    config = read_config(run_dir, device)
+    check_device(config.device)
+    ckpt = runs.load_checkpoint(run_dir, map_location=config.device)
+    ds = load(config.dataset, config.data_dir)
+    net = build_network(config, ds)
+    restore_network(config, net, ckpt, run_dir)
+    return config, ds, net
+
+
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfig, Dataset, Network, Rule, Encoder]:
     """Rebuild a trained run (config, dataset, network, rule, encoder) from its directory."""
     run_dir = runs.check_run_dir(run_dir)
@@ -262,5 +293,4 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     ds = load(config.dataset, config.data_dir)
     net, rule, encoder = build(config, ds)
     restore(config, net, rule, ckpt, run_dir)
-    encoder.generator.manual_seed(seeds.stream(config.seed, "evaluation"))
     return config, ds, net, rule, encoder

@@ -319,10 +319,10 @@ def loihi_file(change: Callable[[dict, dict], None]):
     def setup(tmp: Path, run: Path) -> Path:
         import io
 
-        from hardware import loihi
+        from hardware.deploy import export_lava
 
         path = tmp / "net.npz"
-        fnet, _ = loihi.export_run(run, path)
+        export_lava(run, path)
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
         header = json.loads(str(arrays.pop("header")))
@@ -382,10 +382,10 @@ def nir_file(change: Callable[[dict], None]):
     def setup(tmp: Path, run: Path) -> Path:
         import nir
 
-        from hardware.nir import export_run
+        from hardware.deploy import export_nir
 
         path = tmp / "net.nir"
-        export_run(run, path)
+        export_nir(run, path)
         graph = nir.read(path)
         change(graph.nodes)
         nir.write(path, graph)

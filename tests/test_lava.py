@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hardware import lava, loihi
-from hardware.loihi import FixedNetwork, Layer, emulate, float_layers
+from hardware.emulator import _dense, bias_v, emulate, first_spike_steps, gemm_for
+from hardware.loihi import FixedLayer, FixedNetwork
 from spikeprop import SpikepropError
 from spikeprop.cli import main
 from spikeprop.network import Network, simulate
@@ -24,13 +25,13 @@ RAIL = loihi.UV_LIMIT - 1
 
 
 def rand_layer(rng, n_in, n_out, e, vth_max=400, bias=300):
-    return Layer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, int(rng.integers(0, 4096)),
+    return FixedLayer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, int(rng.integers(0, 4096)),
                  int(rng.integers(0, 4096)), int(rng.integers(1, vth_max)),
                  rng.integers(-bias, bias, size=n_out).astype(np.int32), rng.integers(0, 3, size=n_out).astype(np.int32))
 
 
 def readout_layer(rng, n_in, n_out, e=0):
-    return Layer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, 4095, 0, loihi.VTH_MAX,
+    return FixedLayer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, 4095, 0, loihi.VTH_MAX,
                  rng.integers(-50, 50, size=n_out).astype(np.int32), np.zeros(n_out, np.int32))
 
 
@@ -44,19 +45,18 @@ def edge_layer():
     w[0, 0], w[1, 1:] = -256, 254
     w[2, 0] = 2
     w[3, 0] = 6
-    return Layer(w, 7, 4095, 0, 256, np.array([0, 0, 0, -4000], np.int32), np.array([0, 0, 0, 5], np.int32))
+    return FixedLayer(w, 7, 4095, 0, 256, np.array([0, 0, 0, -4000], np.int32), np.array([0, 0, 0, 5], np.int32))
 
 
-def compare(fnet, payload, graded=False, input_bits=0):
+def compare(fnet, payload):
     """Run fnet in Lava fixed_pt and the emulator; assert u, v, spikes and read-out equal; return Lava's result."""
-    res = lava.run(list(fnet.layers), fnet.readout, payload.permute(1, 0, 2).numpy(), tag="fixed_pt", graded=graded,
-                   input_bits=input_bits, record_uv=True, timeout=180)
+    res = lava.run(fnet, payload.numpy(), record_uv=True, timeout=180)
     emu = emulate(fnet, payload, record=True)
     for i in range(len(fnet.layers)):
-        assert np.array_equal(emu.spikes[i].permute(1, 0, 2).numpy(), res.spikes[i]), f"spikes of layer {i + 1}"
+        assert np.array_equal(emu.spikes[i].numpy(), res.spikes[i]), f"spikes of layer {i + 1}"
     for i in range(len(fnet.layers) + 1):
-        assert np.array_equal(emu.u[i].permute(1, 0, 2).numpy(), res.u[i]), f"u of layer {i + 1}"
-        assert np.array_equal(emu.v[i].permute(1, 0, 2).numpy(), res.v[i]), f"v of layer {i + 1}"
+        assert np.array_equal(emu.u[i].numpy(), res.u[i]), f"u of layer {i + 1}"
+        assert np.array_equal(emu.v[i].numpy(), res.v[i]), f"v of layer {i + 1}"
     assert np.array_equal(emu.v_out.numpy(), res.v_out)
     # the evaluation path (no recording: the closed-form first layer where it applies) too
     assert np.array_equal(emulate(fnet, payload).v_out.numpy(), res.v_out)
@@ -79,23 +79,23 @@ def test_emulator_equals_lava_fixed_pt_with_graded_input():
     layers = (rand_layer(rng, 10, 8, -4, vth_max=3000), rand_layer(rng, 8, 6, 1, vth_max=80))
     fnet = FixedNetwork(layers, readout_layer(rng, 6, 4, -2), 5, "direct", True, 255.0, 8)
     x = torch.as_tensor(rng.integers(0, 256, size=(5, 4, 10)))
-    res = compare(fnet, x, graded=True, input_bits=8)
+    res = compare(fnet, x)
     assert res.spikes[0].any() and res.spikes[1].any()
 
 
 def test_closed_form_emulator_equals_lava_on_constant_graded_input():
     # Direct encoding with a memoryless current (du = 4095), the recipes' case: the evaluation
-    # path computes the first layer's spike trains in closed form (hardware.loihi.first_spike_steps).
+    # path computes the first layer's spike trains in closed form (hardware.emulator.first_spike_steps).
     rng = np.random.default_rng(10)
     first = rand_layer(rng, 10, 12, -3, vth_max=2000, bias=2000)
-    first = Layer(first.weights, first.weight_exp, 4095, first.dv, first.vth, first.bias_mant, first.bias_exp)
+    first = FixedLayer(first.weights, first.weight_exp, 4095, first.dv, first.vth, first.bias_mant, first.bias_exp)
     fnet = FixedNetwork((first, rand_layer(rng, 12, 6, 1, vth_max=80)), readout_layer(rng, 6, 4, -2), 9, "direct", True,
                         255.0, 8)
     x = torch.as_tensor(rng.integers(0, 256, size=(1, 5, 10))).expand(9, 5, 10)
-    g = loihi.gemm_for(first, 0, 255)
-    assert g.int8 and loihi.first_spike_steps(loihi._dense(x[0], g), first, loihi.bias_v(first), g, 9) is not None
-    res = compare(fnet, x, graded=True, input_bits=8)
-    counts = res.spikes[0].sum(1)
+    g = gemm_for(first, 0, 255)
+    assert g.int8 and first_spike_steps(_dense(x[0], g), first, bias_v(first), g, 9) is not None
+    res = compare(fnet, x)
+    counts = res.spikes[0].sum(0)
     assert counts.max() > 1 and (counts == 0).any()  # periodic spikers and silent neurons
 
 
@@ -109,10 +109,10 @@ def test_emulator_equals_lava_fixed_pt_at_the_edges():
     x[3:, 1, :] = 0
     res = compare(fnet, x)
     v, u, s = res.v[0], res.u[0], res.spikes[0]
-    assert (v[0, 3:, 0] == -RAIL).all()  # saturation at the negative rail (Lava's own values)
-    assert (u[0, :, 1] < 0).all()  # positive input, negative current: the 24-bit wrap
-    assert not s[0, 0, 2] and s[0, 1, 2]  # v == 64·vth exactly at step 1: strict '>', spike at step 2
-    assert (v[1, :, 3] < 0).all()  # bias-only neuron with a negative bias
+    assert (v[3:, 0, 0] == -RAIL).all()  # saturation at the negative rail (Lava's own values)
+    assert (u[:, 0, 1] < 0).all()  # positive input, negative current: the 24-bit wrap
+    assert not s[0, 0, 2] and s[1, 0, 2]  # v == 64·vth exactly at step 1: strict '>', spike at step 2
+    assert (v[:, 1, 3] < 0).all()  # bias-only neuron with a negative bias
 
 
 def test_float_network_equals_lava_floating_pt():
@@ -125,10 +125,10 @@ def test_float_network_equals_lava_floating_pt():
     T, N = 9, 6
     x = torch.rand(T, N, 8, generator=g, dtype=torch.float64)
     ref = simulate(net, x, record=True)
-    layers, readout = float_layers(net)
-    res = lava.run(layers, readout, x.permute(1, 0, 2).numpy(), tag="floating_pt", graded=True, timeout=180)
+    flt = lava.floating_pt_network(net, T, graded_input=True, input_bits=8)
+    res = lava.run(flt, x.numpy(), timeout=180)
     for i, s in enumerate(ref.spikes):
-        assert np.array_equal(s.permute(1, 0, 2).numpy().astype(bool), res.spikes[i]), f"layer {i + 1}"
+        assert np.array_equal(s.numpy().astype(bool), res.spikes[i]), f"layer {i + 1}"
         assert 0 < res.spikes[i].mean() < 1
     assert np.allclose(res.v_out, T * ref.logits.detach().numpy(), rtol=1e-9, atol=1e-9)
 
@@ -152,14 +152,14 @@ def test_trained_digits_network_verifies(tmp_path, capsys, monkeypatch):
     fnet = loihi.load(out_file)
     assert fnet.header()["layers"] == report["layers"]
     # verify fails (status 1) when the emulator and Lava disagree: here, one emulated spike flipped
-    from hardware import _verify
+    from hardware import backends
 
     def flipped(*args, **kwargs):
-        res = loihi.emulate(*args, **kwargs)
+        res = emulate(*args, **kwargs)
         res.spikes[0][0, 0, 0] = ~res.spikes[0][0, 0, 0]
         return res
 
-    monkeypatch.setattr(_verify, "emulate", flipped)
+    monkeypatch.setattr(backends, "emulate", flipped)
     capsys.readouterr()
     assert main(["verify", str(run), "--limit", "3"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
@@ -190,24 +190,60 @@ def assert_no_processes_left(marker: str) -> None:
 
 def small_fixed():
     rng = np.random.default_rng(3)
-    return [rand_layer(rng, 4, 3, 0)], readout_layer(rng, 3, 2)
+    return FixedNetwork((rand_layer(rng, 4, 3, 0),), readout_layer(rng, 3, 2), 3, "rate", False, 1.0, 0)
+
+
+def broken_child(run_dir: str, out: str, parent: int, mode: str) -> None:
+    """A Lava child that starts a real Lava runtime (its worker processes run) and then fails
+    ('raise': an error inside the run) or never returns ('hang': what Lava does after a worker
+    error), to test that the parent reports it and leaves no process behind."""
+    import os
+    import traceback
+
+    from hardware import loihi as lh
+
+    net = lh.load(Path(run_dir) / "network.npz")
+    x = np.load(Path(run_dir) / "x.npy")
+    built = lava.build(net, x, record_spikes=True, record_uv=False)
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    built.source.create_runtime(run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))  # the workers start
+    if mode == "hang":
+        time.sleep(3600)
+    try:
+        raise RuntimeError("a worker error inside the Lava run")
+    except RuntimeError:
+        traceback.print_exc()
+        os._exit(lava.EXIT_WORKER_ERROR)
+
+
+def child_code(mode: str) -> str:
+    return ("import sys; from tests.test_lava import broken_child; "
+            f"broken_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), {mode!r})")
+
+
+def test_an_invalid_network_is_refused_before_lava_starts():
+    fnet = small_fixed()
+    wrong = FixedNetwork(fnet.layers, readout_layer(np.random.default_rng(0), 5, 2), 3, "rate", False, 1.0, 0)
+    with pytest.raises(SpikepropError, match="next layer takes 5 inputs"):
+        lava.run(wrong, np.ones((3, 2, 4), np.int32), timeout=120)
+    odd = FixedLayer(fnet.layers[0].weights + 1, 0, 4095, 0, 10, fnet.layers[0].bias_mant, fnet.layers[0].bias_exp)
+    with pytest.raises(SpikepropError, match="even integers"):
+        lava.run(FixedNetwork((odd,), fnet.readout, 3, "rate", False, 1.0, 0), np.ones((3, 2, 4), np.int32))
 
 
 def test_a_lava_error_is_reported_and_kills_every_process(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    layers, _ = small_fixed()
-    wrong = readout_layer(np.random.default_rng(0), 5, 2)  # fan-in 5, but layer 1 has 3 neurons
-    with pytest.raises(SpikepropError, match="Lava failed"):
-        lava.run(layers, wrong, np.ones((2, 3, 4), np.int32), tag="fixed_pt", graded=False, timeout=120)
+    monkeypatch.setattr(lava, "CHILD_CODE", child_code("raise"))
+    with pytest.raises(SpikepropError, match="Lava failed.*a worker error"):
+        lava.run(small_fixed(), np.ones((3, 2, 4), np.int32), timeout=120)
     assert_no_processes_left(str(tmp_path))
 
 
 def test_a_silent_hang_times_out_and_kills_every_process(tmp_path, monkeypatch):
-    # A float threshold under fixed_pt makes Lava's worker fail and the run hang without an
-    # error (a float parameter under fixed_pt): the timeout turns it into a SpikepropError.
+    # Lava hangs without an error after a worker fails (lava#231): the timeout turns it into a SpikepropError.
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    layers, readout = small_fixed()
-    bad = Layer(layers[0].weights, 0, 4095, 0, 10.5, layers[0].bias_mant, layers[0].bias_exp)
+    monkeypatch.setattr(lava, "CHILD_CODE", child_code("hang"))
     with pytest.raises(SpikepropError, match="did not finish within"):
-        lava.run([bad], readout, np.ones((2, 3, 4), np.int32), tag="fixed_pt", graded=False, timeout=10)
+        lava.run(small_fixed(), np.ones((3, 2, 4), np.int32), timeout=20)
     assert_no_processes_left(str(tmp_path))

@@ -12,8 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware import loihi
-from hardware.loihi import FixedNetwork, Layer, check_fit, emulate, fixed_lif_step, quantize
+from hardware import emulator, loihi
+from hardware.deploy import load_deployment, quantize_deployment
+from hardware.emulator import emulate, fixed_lif_step
+from hardware.loihi import FixedLayer, FixedNetwork, check_fit, quantize
 from spikeprop import SpikepropError
 from spikeprop.network import Network, simulate
 from spikeprop.neurons import LIFParams, LIFState
@@ -31,12 +33,24 @@ def float_net(sizes=(6, 7, 5, 3), seed=0, gain=2.0, bias=0.05):
     return net
 
 
+def periodic_trains(within: torch.Tensor) -> torch.Tensor:
+    """Spike trains [T, B, n] (bool) from ``first_spike_steps``: a spike at step t (1-based)
+    wherever the first-spike step k divides t (the closed form's meaning, as an oracle)."""
+    T = within.shape[0]
+    first = within.clone()
+    first[1:] ^= within[:-1]  # exactly at step k
+    out = torch.zeros_like(first)
+    for k in range(1, T + 1):
+        out[k - 1 :: k] |= first[k - 1]
+    return out
+
+
 def int_layer(w, *, e=0, du=4095, dv=0, vth=100, bias=None, bias_exp=None):
     w = np.asarray(w, dtype=np.int32)
     n = w.shape[0]
     bm = np.zeros(n, np.int32) if bias is None else np.asarray(bias, np.int32)
     be = np.zeros(n, np.int32) if bias_exp is None else np.asarray(bias_exp, np.int32)
-    return Layer(w, e, du, dv, vth, bm, be)
+    return FixedLayer(w, e, du, dv, vth, bm, be)
 
 
 def one_layer_net(layer, n_classes=2):
@@ -264,13 +278,13 @@ def test_closed_form_first_layer_equals_the_step_loop(seed, depth, T, graded_max
     fnet = _constant_drive_net(rng, 6, [9, 7][:depth], graded_max, dv=dv, vth=vth)
     x = torch.as_tensor(rng.integers(-graded_max, graded_max + 1, size=(1, 5, 6))).expand(T, 5, 6)
     stepped = emulate(fnet, x, record=True)
-    g = loihi.gemm_for(fnet.layers[0], int(x.min()), int(x.max()))
-    a, bias = loihi._dense(x[0], g), loihi.bias_v(fnet.layers[0])
-    first = loihi.first_spike_steps(a, fnet.layers[0], bias, g, T)
+    g = emulator.gemm_for(fnet.layers[0], int(x.min()), int(x.max()))
+    a, bias = emulator._dense(x[0], g), emulator.bias_v(fnet.layers[0])
+    first = emulator.first_spike_steps(a, fnet.layers[0], bias, g, T)
     fits = bool((a.abs() * 64 < loihi.UV_LIMIT).all() and (bias.abs() < loihi.UV_LIMIT).all()) and not g.may_wrap
     assert (first is not None) == fits  # where u would wrap, the step loop runs instead
     if first is not None:
-        assert torch.equal(loihi.periodic_trains(first), stepped.spikes[0])
+        assert torch.equal(periodic_trains(first), stepped.spikes[0])
     assert torch.equal(emulate(fnet, x).v_out, stepped.v_out)
 
 
@@ -280,7 +294,7 @@ def test_closed_form_at_exact_threshold_ties_and_the_voltage_rail():
     # equals the step loop's for every one of them.
     layer = int_layer(np.ones((1, 1)), du=4095, dv=700, vth=900)
     T = 10
-    drives = [c for c in loihi.crossing_drives(layer, T) if math.isfinite(c)]
+    drives = [c for c in emulator.crossing_drives(layer, T) if math.isfinite(c)]
     assert drives == sorted(drives, reverse=True) and len(drives) == T
     c = torch.tensor(sorted({d + k for d in drives for k in (-1, 0, 1)} | {2**23 - 1, -(2**23) + 1, 0}), dtype=torch.float64)
     n = len(c)  # one neuron per drive, the drive as its bias, no input
@@ -290,9 +304,9 @@ def test_closed_form_at_exact_threshold_ties_and_the_voltage_rail():
         step = fixed_lif_step(torch.zeros(1, n, dtype=torch.float64), state, layer, c)
         steps.append(step.s[0].bool())
         state = step.state
-    g = loihi.gemm_for(layer, 0, 0)
-    first = loihi.first_spike_steps(torch.zeros(1, n, dtype=torch.float64), layer, c, g, T)
-    assert torch.equal(loihi.periodic_trains(first)[:, 0], torch.stack(steps))
+    g = emulator.gemm_for(layer, 0, 0)
+    first = emulator.first_spike_steps(torch.zeros(1, n, dtype=torch.float64), layer, c, g, T)
+    assert torch.equal(periodic_trains(first)[:, 0], torch.stack(steps))
     assert len({tuple(col) for col in torch.stack(steps).t().tolist()}) > T  # many distinct trains
 
 
@@ -306,9 +320,11 @@ def test_ff_deploys_with_the_neutral_label(tmp_path):
     run = tmp_path / "ff"
     assert main(["train", "--rule", "ff", "--epochs", "1", "--hidden", "32", "--ff-label-scale", "20", "--out", str(run),
                  "--no-progress"]) == 0
-    config, ds, net, encoder, fnet, _ = loihi.quantize_run(run)
+    dep = load_deployment(run)
+    ds, net = dep.dataset, dep.net
+    fnet, _ = quantize_deployment(dep)
     x = ds.intensities(ds.test_x[:200])
-    xin = encoder(x)
+    xin = dep.encode(x)
     assert torch.allclose(xin[:, :, :10], torch.full_like(xin[:, :, :10], 2.0))
     payload = fnet.payload(xin)
     assert int(payload[0, 0, 0]) == 32 and fnet.input_bits >= 6  # 2.0 x the digits' scale 16
@@ -353,9 +369,11 @@ def test_every_rule_deploys_to_the_fixed_point_network(tmp_path, rule_name):
     run = tmp_path / rule_name
     assert main(["train", "--rule", rule_name, "--epochs", "1", "--hidden", "24", "--steps", "4", "--quantize", "loihi",
                  "--out", str(run), "--no-progress"]) == 0
-    config, ds, net, encoder, fnet, cal = loihi.quantize_run(run)
+    dep = load_deployment(run)
+    ds, net = dep.dataset, dep.net
+    fnet, cal = quantize_deployment(dep)
     assert check_fit(fnet, cal) == []
-    xin = encoder(ds.intensities(ds.test_x))
+    xin = dep.encode(ds.intensities(ds.test_x))
     float_pred = simulate(net, xin).logits.argmax(1)
     emu_pred = emulate(fnet, fnet.payload(xin)).logits.argmax(1)
     assert (float_pred == emu_pred).float().mean() >= 0.95

@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from hardware import loihi
-from hardware.loihi import FixedNetwork, Layer, calibrate, emulate, time_constant_map, time_constant_view
+from hardware.emulator import emulate
+from hardware.loihi import FixedLayer, FixedNetwork, calibrate, time_constant_map, time_constant_view
 from spikeprop.analysis import collect
 from spikeprop.data import Dataset
 from spikeprop.encoders import Encoder
@@ -118,11 +119,11 @@ def test_emulate_records_spikes_without_u_and_v():
     rng = np.random.default_rng(4)
 
     def layer(n_in, n_out, e, vth):
-        return Layer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, int(rng.integers(0, 4096)),
+        return FixedLayer(2 * rng.integers(-128, 128, size=(n_out, n_in)).astype(np.int32), e, int(rng.integers(0, 4096)),
                      int(rng.integers(0, 4096)), vth, rng.integers(-300, 300, size=n_out).astype(np.int32),
                      rng.integers(0, 3, size=n_out).astype(np.int32))
 
-    readout = Layer(2 * rng.integers(-128, 128, size=(3, 6)).astype(np.int32), 0, 4095, 0, loihi.VTH_MAX,
+    readout = FixedLayer(2 * rng.integers(-128, 128, size=(3, 6)).astype(np.int32), 0, 4095, 0, loihi.VTH_MAX,
                     np.zeros(3, np.int32), np.zeros(3, np.int32))
     fnet = FixedNetwork((layer(10, 8, 1, 300), layer(8, 6, 0, 40)), readout, 9, "rate", False, 1.0, 0)
     x = torch.as_tensor(rng.random((9, 5, 10)) < 0.5).to(torch.int64)
