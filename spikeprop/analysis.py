@@ -87,9 +87,12 @@ def _nanmean(x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, limit: int = 1000, device: str = "cpu",
+            predict: Callable[[torch.Tensor], torch.Tensor] | None, ds: Dataset, limit: int = 1000, device: str = "cpu",
             batch_size: int = 250) -> dict:
     """Per-sample activity of the first ``limit`` test samples; ``drive(x, y)`` gives the network's input.
+
+    predict: the class scores of intensities x; None: the read-out of the very pass analysed (so
+    that under rate encoding the correctly classified samples are chosen on the spikes analysed).
 
     Returns counts and (unrectified) mean voltages per layer ([N, n] each), labels, predictions,
     the raster ([T, n] per layer) of sample 0, SynOps per sample and T.
@@ -129,7 +132,7 @@ def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Te
             counts[layer].append(res.counts[layer].cpu())
             mean_v[layer].append((v_sum[layer] / T).cpu())
         ops += synops(net, xin, res.counts)
-        preds.append(predict(x).argmax(1).cpu())
+        preds.append((res.logits if predict is None else predict(x)).argmax(1).cpu())
     return {
         "counts": [torch.cat(c) for c in counts], "mean_v": [torch.cat(v) for v in mean_v],
         "labels": y_all.clone(), "predictions": torch.cat(preds), "raster": raster,
@@ -284,8 +287,11 @@ def analyze(net: Network, rule, ds: Dataset, *, limit: int = 1000, device: str =
             drive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> tuple[dict, dict]:
     """(summary, raw arrays) of ``net`` driven as ``rule`` drives it at inference (or by ``drive(x, y)``)."""
     # The input the read-out path sees (FF: the neutral label in its label features).
+    custom = drive is not None
     drive = drive or (lambda x, y: rule.deploy_input(rule.options, x, rule.encoder, net.sizes[-1]))
-    data = collect(net, drive, rule.predict, ds, limit=limit, device=device)
+    # predictions from the analysed pass itself where the rule predicts through its read-out on that input
+    same_pass = rule.predicts_by_readout and not custom
+    data = collect(net, drive, None if same_pass else rule.predict, ds, limit=limit, device=device)
     return summarize(data, ds.n_classes), data
 
 

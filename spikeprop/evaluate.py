@@ -27,8 +27,11 @@ def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, split
 
 
 @torch.no_grad()
-def activity(net: Network, encoder: Encoder, ds: Dataset, n: int = 1000, device: str = "cpu") -> dict:
-    """Per hidden layer: mean firing rate (spikes per neuron per step) and the silent fraction.
+def activity(net: Network, inputs: Callable[[torch.Tensor], torch.Tensor] | Encoder, ds: Dataset, n: int = 1000,
+             device: str = "cpu") -> dict:
+    """Per hidden layer: mean firing rate (spikes per neuron per step) and the silent fraction, on
+    the first ``n`` test samples driven by ``inputs(x)`` [T, n, n_in] (an encoder, or a rule's
+    deployed input: what the read-out path sees).
 
     Also synaptic operations per sample: every spike entering a Dense costs fan-out additions
     (graded first-layer inputs count one operation per non-zero input per step).
@@ -38,7 +41,7 @@ def activity(net: Network, encoder: Encoder, ds: Dataset, n: int = 1000, device:
     spikes up front (one draw for the batch, so that a seed fixes them), which grows with T.
     """
     x = ds.intensities(ds.test_x[:n]).to(device)
-    xin = encoder(x)
+    xin = inputs(x)
     res = simulate(net, xin)
     T = xin.shape[0]
     out: dict = {"firing_rate": [], "silent_fraction": []}

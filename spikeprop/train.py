@@ -246,7 +246,8 @@ def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log
     if not rows:
         raise SpikepropError(f"nothing to train: the run has 0 of {config.epochs} epochs")
     encoder.generator.manual_seed(seeds.stream(config.seed, "evaluation"))
-    act = activity(net, encoder, ds, device=config.device)
+    # activity of the deployed read-out path (FF: the neutral label in the input), as analyze measures it
+    act = activity(net, lambda x: rule.deploy_input(rule.options, x, encoder, ds.n_classes), ds, device=config.device)
     summary = {
         "test_accuracy": rows[-1]["test_accuracy"],
         "rule": config.rule, "neurons": config.neurons, "dataset": config.dataset,

@@ -98,3 +98,24 @@ def test_analyze_command_on_a_tiny_run(tmp_path, capsys):
     for name in FIGURES:
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["analyze", str(run), "--limit", "0"]) == 2
+
+
+def test_rate_encoded_analysis_classifies_the_spikes_it_analyses(tmp_path):
+    # Under rate encoding two passes draw different spikes: the "correctly classified" samples
+    # must be chosen on the pass whose activity is analysed, not on a second draw.
+    from spikeprop.analysis import analyze
+    from spikeprop.network import simulate
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--epochs", "1", "--hidden", "32", "--steps", "4", "--encoding", "rate",
+                 "--no-progress"]) == 0
+    config, ds, net, rule, encoder = load_run(run)
+    state = encoder.generator.get_state()
+    _, data = analyze(net, rule, ds, limit=200)
+    encoder.generator.set_state(state)
+    x = ds.intensities(ds.test_x[:200])
+    xin = rule.deploy_input(rule.options, x, encoder, ds.n_classes)
+    assert torch.equal(data["predictions"], simulate(net, xin).logits.argmax(1))
+    assert torch.equal(data["counts"][0], simulate(net, xin).counts[0])  # the same draw
+    # a second draw disagrees on some samples: the old two-pass selection was not the same thing
+    assert not torch.equal(rule.predict(x).argmax(1), data["predictions"])

@@ -121,6 +121,12 @@ class AbstractRule(ABC):
         """Class scores [B, C] of intensities ``x`` [B, n_in]: the read-out of ``deploy_input``."""
         return simulate(self.net, self.deploy_input(self.options, x, self.encoder, self.net.sizes[-1])).logits
 
+    @property
+    def predicts_by_readout(self) -> bool:
+        """Whether ``predict`` is the read-out of one pass on ``deploy_input`` (so the scores of that
+        very pass are the predictions)."""
+        return True
+
     @classmethod
     def deploy_input(cls, options: dict, x: torch.Tensor, encoder: Encoder, n_classes: int) -> torch.Tensor:
         """The input [T, B, n_in] the network's read-out path sees for intensities ``x`` (what is

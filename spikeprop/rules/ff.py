@@ -123,6 +123,10 @@ class ForwardForward(AbstractRule):
         """The input [T, B, n_in] of ``x`` with ``labels`` (None: the neutral label) in its first C features."""
         return self.encoder(x, overlay=label_currents(labels, self.n_classes, self.options["label_scale"], x))
 
+    @property
+    def predicts_by_readout(self) -> bool:
+        return self.options["predict"] == "readout"
+
     @classmethod
     def deploy_input(cls, options, x, encoder, n_classes):
         """The read-out path's input: ``x`` with the neutral label (``label_scale / C``) in the label features."""
