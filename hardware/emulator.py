@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -108,10 +107,15 @@ def fixed_lif_step(a: torch.Tensor, state: LIFState, layer: FixedLayer, bias: to
 
 
 def bias_v(layer: FixedLayer, device=None) -> torch.Tensor:
-    """The bias Lava adds to v each step: bias_mant << bias_exp (>> for a negative exponent), [N]."""
-    mant, exp = layer.bias_mant.astype(np.int64), layer.bias_exp.astype(np.int64)
-    b = np.where(exp >= 0, mant << np.maximum(exp, 0), mant >> np.maximum(-exp, 0))
-    return torch.as_tensor(b, dtype=EXACT, device=device)
+    """The bias Lava adds to v each step: bias_mant << bias_exp (>> for a negative exponent), [N]
+    (computed once per layer and device)."""
+    cache = _cache(layer)
+    key = ("bias", str(torch.device(device or "cpu")))
+    if key not in cache:
+        mant, exp = layer.bias_mant.astype(np.int64), layer.bias_exp.astype(np.int64)
+        b = np.where(exp >= 0, mant << np.maximum(exp, 0), mant >> np.maximum(-exp, 0))
+        cache[key] = torch.as_tensor(b, dtype=EXACT, device=device)
+    return cache[key]
 
 
 class Gemm(NamedTuple):
@@ -131,6 +135,10 @@ class Gemm(NamedTuple):
     may_wrap: bool  # some |W·s| << weight_exp can reach 2**31 (Lava's int32 channel wraps)
     may_overflow_u: bool  # some |a| can reach 2**25, where Lava's int32 ``a << 6`` wraps
 
+
+# The closed form's first-spike masks are multiplied a block at a time, at most this many mask
+# entries per GEMM (4 M: a few MB of int8, whatever T is).
+MASK_BLOCK_ELEMENTS = 2**22
 
 # What the emulator derives from a layer once (weight facts, crossing drives, the parameter check),
 # kept beside the record rather than in it: a FixedLayer is immutable (its arrays are never changed
@@ -304,25 +312,19 @@ def _dense_int32(s: torch.Tensor, g: Gemm) -> torch.Tensor:
     return acc << e if e >= 0 else acc >> -e
 
 
-def _integrator_closed_form(a_steps: Iterable[torch.Tensor], layer: FixedLayer, bias: torch.Tensor) -> torch.Tensor | None:
+def _integrator_closed_form(a: torch.Tensor, layer: FixedLayer, bias: torch.Tensor) -> torch.Tensor | None:
     """v after T steps of a memoryless-current, non-leaking LIF (the read-out: du = 4095, dv = 0)
-    driven by ``a_steps`` (the T Dense outputs [B, n], step by step), from v = 0: the running sum
-    of (a << 6) + bias, when no partial sum reaches the threshold or the rail (no spike, no clip)
-    and no u wraps; else None. The sums are exact integers in float64, so summing step by step
-    gives what a cumulative sum over a stacked [T, B, n] gives, in O(B · n) memory."""
-    if int(layer.dv) != 0:
+    driven by ``a`` [T, B, n] (the T Dense outputs), from v = 0: the running sum of (a << 6) + bias,
+    when no partial sum reaches the threshold or the rail (no spike, no clip) and no u wraps; else
+    None. The sums are exact integers in float64. Memory: a [T, B, n] sum for the read-out's n."""
+    if int(layer.dv) != 0 or a.shape[0] < 1 or not _drive_is_constant(a, layer, bias):
         return None
-    top, v = min(int(layer.vth) << VTH_SHIFT, UV_LIMIT - 1), None
-    for a in a_steps:
-        if not _drive_is_constant(a, layer, bias):
+    v = torch.cumsum(a * 2**ACT_SHIFT + bias, 0)
+    if v.numel():
+        lo, hi = torch.aminmax(v)
+        if hi > min(int(layer.vth) << VTH_SHIFT, UV_LIMIT - 1) or lo < -(UV_LIMIT - 1):
             return None
-        term = a * 2**ACT_SHIFT + bias
-        v = term if v is None else v + term
-        if v.numel():
-            lo, hi = torch.aminmax(v)
-            if hi > top or lo < -(UV_LIMIT - 1):
-                return None
-    return v
+    return v[-1]
 
 
 def _check_emulable(fnet: FixedNetwork) -> None:
@@ -387,19 +389,24 @@ def emulate(fnet: FixedNetwork, payload: torch.Tensor, *, record: bool = False, 
             c, crossing = drives
             g = gemms[1]
             # W·within_k - W·within_{k-1} = W·(first spike exactly at k); input at t = sum over k | t.
-            # One mask within_k [B, n] at a time: the [T, B, n] masks are never held at once.
+            # The masks within_k [B, n] go through the GEMM a block of k at a time: one call for
+            # the short T of the recipes, memory bounded by MASK_BLOCK_ELEMENTS for a long T.
             per_k, previous = [], None
-            for k in range(T):
-                cum = _product((c >= crossing[k]).view(torch.int8 if g.int8 else torch.bool), g)
-                per_k.append(cum if previous is None else cum - previous)
-                previous = cum
+            block = max(1, MASK_BLOCK_ELEMENTS // max(1, c.numel()))
+            for k0 in range(0, T, block):
+                ks = crossing[k0 : k0 + block].view(-1, 1, 1)
+                masks = (c.unsqueeze(0) >= ks).view(torch.int8 if g.int8 else torch.bool)  # [k, B, n]
+                cums = _product(masks.reshape(-1, c.shape[1]), g).view(len(ks), B, -1)
+                for cum in cums:
+                    per_k.append(cum if previous is None else cum - previous)
+                    previous = cum
 
             def a_at(t: int) -> torch.Tensor:  # local step t (0-based) is step t + 1 of the periodic trains
                 return _shift(sum(per_k[k - 1] for k in range(1, t + 2) if (t + 1) % k == 0), g)
 
             start = 1
             if start == len(all_layers) - 1:  # the read-out follows: integrate in one sum where it applies
-                v_T = _integrator_closed_form(map(a_at, range(T)), all_layers[-1], biases[-1])
+                v_T = _integrator_closed_form(torch.stack([a_at(t) for t in range(T)]), all_layers[-1], biases[-1])
         else:
             a_first = a_first.to(EXACT)
             a_at = lambda t: a_first  # noqa: E731
