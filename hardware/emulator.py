@@ -137,8 +137,8 @@ class Gemm(NamedTuple):
 
 
 # The closed form's first-spike masks are multiplied a block at a time, at most this many mask
-# entries per GEMM (4 M: a few MB of int8, whatever T is).
-MASK_BLOCK_ELEMENTS = 2**22
+# entries per GEMM (16 M: 16 MB of int8, whatever T is).
+MASK_BLOCK_ELEMENTS = 2**24
 
 # What the emulator derives from a layer once (weight facts, crossing drives, the parameter check),
 # kept beside the record rather than in it: a FixedLayer is immutable (its arrays are never changed

@@ -182,6 +182,8 @@ def run(network: FixedNetwork | FloatNetwork, x, *, record_spikes: bool = True, 
     SpikepropError on a hang or a Lava error, after killing the child and all its workers.
     """
     x = np.asarray(x)
+    if x.ndim > 3:  # an image [T, B, C, H, W]: the first Dense reads it flattened in C-H-W order
+        x = x.reshape(*x.shape[:2], -1)
     n_in = network.layers[0].n_in
     if x.ndim != 3 or x.shape[2] != n_in:
         raise SpikepropError(f"inputs must be [T, B, {n_in}]; got {x.shape}")

@@ -145,9 +145,12 @@ class FixedNetwork:
                 "readout": self.readout.scalars(), "source": self.source or {}}
 
     def payload(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoded input x [T, B, n_in] (currents in [0, 1] or 0/1 spikes) -> int64 payload.
+        """Encoded input x [T, B, *in_shape] (currents in [0, 1] or 0/1 spikes) -> int64 payload
+        [T, B, n_in] (an image flattened in C-H-W order, as the first Dense reads it).
 
         An input repeated over time (direct encoding: a stride-0 time axis) stays a view."""
+        if x.dim() > 3:
+            x = x.reshape(*x.shape[:2], -1)
         if x.dim() == 3 and x.shape[0] > 1 and x.stride(0) == 0:
             return self.payload(x[:1]).expand(x.shape)
         if self.graded_input:

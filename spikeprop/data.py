@@ -45,7 +45,11 @@ DIGITS_MAX = 16.0  # digits pixels are counts 0..16
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test arrays: images as uint8 or float [n, features], labels int64 [n]."""
+    """Train and test arrays: images stored flat as uint8 or float [n, features], labels int64 [n].
+
+    shape: the shape of one sample (C, H, W) (digits 1x8x8, (Fashion-)MNIST 1x28x28);
+    ``intensities`` gives samples in it.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -54,13 +58,19 @@ class Dataset:
     test_y: torch.Tensor
     n_classes: int
     scale: float  # divide the stored values by this to get intensities in [0, 1]
+    shape: tuple[int, ...] | None = None
 
     @property
     def n_features(self) -> int:
         return int(self.train_x.shape[1])
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape if self.shape is not None else (self.n_features,)
+
     def intensities(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float32) / self.scale
+        """Stored rows [B, features] -> intensities in [0, 1], [B, *sample_shape] (images keep their shape)."""
+        return (x.to(torch.float32) / self.scale).view(x.shape[0], *self.sample_shape)
 
 
 SYSTEM_DATA = Path("/usr/share/datasets")
@@ -96,7 +106,7 @@ def _load_digits() -> Dataset:
     )
     return Dataset(
         "digits", torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte),
-        10, DIGITS_MAX,
+        10, DIGITS_MAX, (1, 8, 8),
     )
 
 
@@ -146,7 +156,7 @@ def _load_idx_dataset(name: str, data_dir) -> Dataset:
         name,
         flat(arrays["train_images"]), torch.from_numpy(arrays["train_labels"].astype(np.int64)),
         flat(arrays["test_images"]), torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        10, 255.0,
+        10, 255.0, (1, *train_shape),
     )
 
 

@@ -24,10 +24,19 @@ from spikeprop.neurons import LIFStep
 
 
 class MembraneTraces:
-    """Observer that accumulates, per layer, ``sum_t v_pre[t]`` and the eligibility sums."""
+    """Observer that accumulates, per layer, ``sum_t v_pre[t]`` and the eligibility sums.
 
-    def __init__(self, params, constant_input: bool = False):
-        self.params = params
+    net: the network observed (its LIF parameters and synapses: a trace has the shape of the
+    layer's input, ``weight_grad`` maps it through the synapse kind's weight gradient);
+    first_synapse: the synapse that fed layer 1 in this stream when it was not ``net``'s
+    (sigprop's label projection).
+    """
+
+    def __init__(self, net, constant_input: bool = False, first_synapse=None):
+        self.params = net.params
+        self.synapses = (first_synapse or net.synapses[0], *net.synapses[1:])
+        self.bias_synapses = net.synapses
+        params = self.params
         self.constant_input = constant_input
         self._input0: torch.Tensor | None = None
         self._cu = self._cv = self._c_sum = 0.0
@@ -87,24 +96,25 @@ class MembraneTraces:
         return self._e_sum[layer]
 
     def mean_v(self, layer: int) -> torch.Tensor:
-        """``z = mean_t v_pre[t]``, [B, n_out]."""
+        """``z = mean_t v_pre[t]``, [B, *out_shape]."""
         return self._z_sum[layer] / self.steps
 
     def weight_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
-        """``dL/dW`` [n_out, n_in] given ``dz = dL/dz`` [B, n_out]."""
-        return dz.t() @ (self._trace_sum(layer) / self.steps)
+        """``dL/dW`` (the synapse's weight shape) given ``dz = dL/dz`` [B, *out_shape]: the synapse's
+        weight gradient with the mean presynaptic trace as its input (Dense: ``dz^T trace``)."""
+        return self.synapses[layer].weight_grad(dz, self._trace_sum(layer) / self.steps)
 
     def bias_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
-        """``dL/dbias`` [n_out] given ``dz = dL/dz`` [B, n_out]."""
-        return dz.sum(0) * (self._eb_sum[layer] / self.steps)
+        """``dL/dbias`` (the bias shape) given ``dz = dL/dz`` [B, *out_shape]."""
+        return self.bias_synapses[layer].bias_grad(dz) * (self._eb_sum[layer] / self.steps)
 
 
 class CurrentTraces(MembraneTraces):
     """``MembraneTraces`` that also sums each layer's synaptic current ``u`` (for ``mean_t u[t]``)."""
 
-    def __init__(self, params, constant_input: bool = False):
-        super().__init__(params, constant_input)
-        self.u_sum: list[torch.Tensor | float] = [0.0] * len(params)
+    def __init__(self, net, constant_input: bool = False, first_synapse=None):
+        super().__init__(net, constant_input, first_synapse)
+        self.u_sum: list[torch.Tensor | float] = [0.0] * len(net.params)
 
     def __call__(self, layer: int, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
         super().__call__(layer, t, s_in, step)

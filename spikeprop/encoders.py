@@ -40,16 +40,16 @@ class Encoder:
         return self.kind != "direct"
 
     def __call__(self, x: torch.Tensor, *, overlay: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, N] intensities -> [T, B, N].
+        """x [B, *shape] intensities -> [T, B, *shape].
 
         overlay [B, k]: values that replace the first k features (FF's label). Direct encoding sends
         them as currents as they are (a label current may exceed 1); the spike encodings clamp them
         to [0, 1] like every intensity.
         """
         x = x.clamp(0.0, 1.0)
-        if overlay is not None:
+        if overlay is not None:  # the first k features of the flattened sample (C-H-W order for an image)
             x = x.clone()
-            x[:, : overlay.shape[1]] = overlay.clamp(0.0, 1.0) if self.binary else overlay
+            x.view(x.shape[0], -1)[:, : overlay.shape[1]] = overlay.clamp(0.0, 1.0) if self.binary else overlay
         T = self.steps
         if self.kind == "direct":
             return x.unsqueeze(0).expand(T, *x.shape)

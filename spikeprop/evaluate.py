@@ -9,6 +9,7 @@ import torch
 from spikeprop import SpikepropError
 from spikeprop.data import Dataset
 from spikeprop.encoders import Encoder
+from spikeprop.layers import Dense
 from spikeprop.network import Network, simulate
 
 
@@ -52,28 +53,39 @@ def activity(net: Network, inputs: Callable[[torch.Tensor], torch.Tensor] | Enco
     return out
 
 
-def nonzero_inputs(xin: torch.Tensor) -> int:
-    """The number of non-zero entries of a time-major input ``xin`` [T, B, n_in], counted one step
-    at a time: memory O(B · n_in), never a [T, B, n_in] mask. A time-constant input (direct
-    encoding: a stride-0 time axis) is counted once and multiplied by T."""
-    if xin.dim() != 3:
-        raise SpikepropError(f"inputs must be time-major [T, B, N]; got shape {tuple(xin.shape)}")
+def input_events(xin: torch.Tensor) -> torch.Tensor:
+    """How many steps each input of a time-major ``xin`` [T, B, *shape] is non-zero: [B, *shape]
+    (int64), counted one step at a time: memory O(B · n_in), never a [T, B, n_in] mask. A
+    time-constant input (direct encoding: a stride-0 time axis) is counted once, times T."""
+    if xin.dim() < 3:
+        raise SpikepropError(f"inputs must be time-major [T, B, ...]; got shape {tuple(xin.shape)}")
     T = xin.shape[0]
     if T == 0:
-        return 0
+        return torch.zeros(xin.shape[1:], dtype=torch.int64, device=xin.device)
     if xin.stride(0) == 0:
-        return int(torch.count_nonzero(xin[0])) * T
-    return sum(int(torch.count_nonzero(x_t)) for x_t in xin)
+        return (xin[0] != 0).to(torch.int64) * T
+    out = torch.zeros(xin.shape[1:], dtype=torch.int64, device=xin.device)
+    for x_t in xin:
+        out += x_t != 0
+    return out
+
+
+def nonzero_inputs(xin: torch.Tensor) -> int:
+    """The number of non-zero entries of ``xin`` [T, B, *shape] (``input_events`` summed)."""
+    return int(input_events(xin).sum())
 
 
 def synops(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> float:
-    """Synaptic operations of a batch: input [T, B, n_in] and hidden spike counts (each [B, n]).
+    """Synaptic operations of a batch: input [T, B, *in_shape] and hidden spike counts [B, *shape].
 
-    Every non-zero input entering the first Dense costs its fan-out (``sizes[1]``) additions per
-    step, and every spike of hidden layer l costs the fan-out of the Dense it feeds. The inputs
-    are counted step by step (``nonzero_inputs``), so memory does not grow with T.
+    Every non-zero input entering the first synapse and every spike of hidden layer l costs the
+    additions of the synapse it enters (``Synapse.synops``: a Dense layer's every output neuron, a
+    convolution's output neurons whose windows hold it); the read-out is a Dense. Synaptic
+    operations are linear in the events, so counts over the T steps give the total.
     """
-    ops = float(nonzero_inputs(xin)) * net.sizes[1]
+    events = input_events(xin).view(xin.shape[1], *net.in_shape)
+    ops = net.synapses[0].synops(events)
+    readout = Dense((net.sizes[-2],), net.sizes[-1])
     for layer, c in enumerate(counts):
-        ops += float(c.sum()) * net.sizes[layer + 2]
+        ops += (net.synapses[layer + 1] if layer + 1 < net.n_layers else readout).synops(c)
     return ops

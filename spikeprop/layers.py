@@ -47,10 +47,15 @@ MAX_KERNEL = 31  # a larger kernel is surely a typo; Lava's Conv takes any, a co
 
 @dataclass(frozen=True)
 class Dense:
-    """A fully-connected synapse from ``in_shape`` (flattened) to ``n_out`` neurons."""
+    """A fully-connected synapse from ``in_shape`` (flattened) to ``n_out`` neurons.
+
+    shape: the shape of the population it feeds when that is not ``(n_out,)`` (sigprop's label
+    projection into a convolutional layer): the output is reshaped to it.
+    """
 
     in_shape: Shape
     n_out: int
+    shape: Shape | None = None
     kind = "dense"
 
     @property
@@ -59,7 +64,7 @@ class Dense:
 
     @property
     def out_shape(self) -> Shape:
-        return (self.n_out,)
+        return self.shape if self.shape is not None else (self.n_out,)
 
     @property
     def weight_shape(self) -> Shape:
@@ -78,16 +83,19 @@ class Dense:
         """Distinct weights (what a core's synapse memory holds)."""
         return self.n_in * self.n_out
 
-    def synops(self, s: torch.Tensor) -> float:
-        """Synaptic operations of one step: every non-zero input adds into every output neuron."""
-        return float(torch.count_nonzero(s)) * self.n_out
+    def synops(self, active: torch.Tensor) -> float:
+        """Synaptic operations of input events ``active`` [B, *in_shape] (counts of non-zero inputs,
+        summed over any number of steps): every event adds into every output neuron."""
+        return float(active.to(torch.float64).sum()) * self.n_out
 
     def current(self, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``a = W s``: s [B, *in_shape] -> a [B, n_out]."""
-        return F.linear(s.reshape(s.shape[0], -1) if s.dim() > 2 else s, w)
+        """``a = W s``: s [B, *in_shape] -> a [B, *out_shape]."""
+        a = F.linear(s.reshape(s.shape[0], -1) if s.dim() > 2 else s, w)
+        return a if self.shape is None else a.view(a.shape[0], *self.shape)
 
     def weight_grad(self, dz: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
-        """``dL/dW`` [n_out, n_in] from ``dz`` [B, n_out] and the presynaptic trace [B, *in_shape]."""
+        """``dL/dW`` [n_out, n_in] from ``dz`` [B, *out_shape] and the presynaptic trace [B, *in_shape]."""
+        dz = dz.reshape(dz.shape[0], -1) if dz.dim() > 2 else dz
         return dz.t() @ (trace.reshape(trace.shape[0], -1) if trace.dim() > 2 else trace)
 
     def bias_grad(self, dz: torch.Tensor) -> torch.Tensor:
@@ -158,13 +166,13 @@ class Conv2d:
         """Distinct weights: the kernel, shared over positions."""
         return math.prod(self.weight_shape)
 
-    def synops(self, s: torch.Tensor) -> float:
-        """Synaptic operations of one step: every non-zero input adds into each output neuron whose
-        kernel window holds it (``C_out`` channels times the windows that reach it, fewer at the
-        borders). s [B, C, H, W]."""
-        active = (s != 0).to(torch.float32).sum(1, keepdim=True)
-        ones = torch.ones(1, 1, *self.kernel, dtype=active.dtype, device=active.device)
-        return float(F.conv2d(active, ones, stride=self.stride, padding=self.padding).sum()) * self.out_channels
+    def synops(self, active: torch.Tensor) -> float:
+        """Synaptic operations of input events ``active`` [B, C, H, W] (counts of non-zero inputs,
+        summed over any number of steps): each event adds into every output neuron whose kernel
+        window holds it (``C_out`` channels times the windows that reach it, fewer at the borders)."""
+        per_position = active.to(torch.float64).sum((0, 1)).view(1, 1, *self.in_shape[1:])
+        ones = torch.ones(1, 1, *self.kernel, dtype=torch.float64, device=active.device)
+        return float(F.conv2d(per_position, ones, stride=self.stride, padding=self.padding).sum()) * self.out_channels
 
     def current(self, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``a = W * s``: s [B, C, H, W] -> a [B, C_out, H', W']."""

@@ -1,11 +1,13 @@
-"""Fully-connected LIF networks and the one time loop that simulates them.
+"""LIF networks built from typed layer records, and the one time loop that simulates them.
 
-A network is ``Dense -> LIF -> Dense -> LIF ... -> read-out``. Hidden layer ``l`` is a Lava
-``Dense`` (weights ``W_l`` [n_out, n_in], no bias) feeding a Lava ``LIF`` population (decays
-``du``, ``dv``, threshold ``vth`` and a per-neuron ``bias``). The read-out is a Dense into a
-non-spiking integrator (Lava LIF with ``du = 1``, ``dv = 0`` and a threshold it never reaches),
-so after T steps its voltage is ``sum_t (W_out s_L[t] + b_out)``; the class scores ("logits")
-are that voltage over T, i.e. ``W_out r + b_out`` with ``r`` the mean spike count.
+A network is a stack of spiking layers and a read-out. Hidden layer ``l`` is a synapse
+(``spikeprop.layers``: a Lava ``Dense``, weights ``W_l`` [n_out, n_in], or a ``Conv2d``, weights
+[C_out, C_in, kH, kW]; no bias) feeding a population of Lava ``LIF`` neurons shaped like the
+synapse's output (decays ``du``, ``dv``, threshold ``vth`` and a bias per neuron, or per channel
+for a convolution). The read-out is a Dense into a non-spiking integrator (Lava LIF with
+``du = 1``, ``dv = 0`` and a threshold it never reaches), so after T steps its voltage is
+``sum_t (W_out s_L[t] + b_out)``; the class scores ("logits") are that voltage over T, i.e.
+``W_out r + b_out`` with ``r`` the mean spike count (flattened in C-H-W order after a convolution).
 
 Timing. Lava's Dense delivers a spike one step after it was emitted, so layer ``l`` (counting
 from 1) processes input step ``k`` of a sample at global step ``k + l`` (plus the source's own
@@ -15,7 +17,8 @@ which is exactly what Lava computes when each layer's state is zeroed at the sta
 sample window (``LIFReset`` with ``reset_offset`` = 1 + l + source offset, see
 ``hardware.lava``). ``global_time`` converts a recorded layer to Lava's clock.
 
-All tensors are time-major: inputs ``x`` are [T, B, n_in].
+All tensors are time-major: inputs ``x`` are [T, B, *in_shape] (images [T, B, C, H, W]; a flat
+[T, B, n_in] is reshaped to the first layer's input shape).
 """
 
 from __future__ import annotations
@@ -29,57 +32,81 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikeprop import SpikepropError
+from spikeprop.layers import Dense, Synapse, describe, parse_layers
 from spikeprop.neurons import LIFParams, LIFState, LIFStep, SpikeFn, heaviside, lif_step
 
-# observer(layer_index, t, layer_input [B, n_in], step) is called after every LIF step.
+# observer(layer_index, t, layer_input [B, *in_shape], step) is called after every LIF step.
 Observer = Callable[[int, int, torch.Tensor, LIFStep], None]
 
 
 class Network(nn.Module):
     """LIF layers plus a linear read-out. Parameters only; state lives in ``simulate``.
 
-    sizes: (n_in, hidden_1, ..., hidden_L, n_classes); params: one LIFParams for every hidden
-    layer (a single value is shared). Weights start uniform in ±gain/sqrt(fan_in), biases at 0,
-    drawn from ``generator`` so that a seed fixes them.
+    layers: the sizes ``(n_in, hidden_1, ..., hidden_L, n_classes)`` of a fully-connected network,
+    or the synapse records of the hidden layers (``spikeprop.layers``; the first one's
+    ``in_shape`` is the input's) with ``n_classes``. params: one LIFParams for every hidden layer
+    (a single value is shared). Weights start uniform in ±gain/sqrt(fan_in), biases at 0, drawn
+    from ``generator`` so that a seed fixes them.
     """
 
     def __init__(
         self,
-        sizes: Sequence[int],
+        layers: Sequence[int] | Sequence[Synapse],
         params: LIFParams | Sequence[LIFParams],
         generator: torch.Generator | None = None,
         gain: float = 1.0,
         weight_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        n_classes: int | None = None,
     ):
         super().__init__()
-        sizes = [int(n) for n in sizes]
-        if len(sizes) < 3:
-            raise SpikepropError(f"a network needs an input, at least one hidden layer and an output; got sizes {sizes}")
-        if any(n < 1 for n in sizes):
-            raise SpikepropError(f"layer sizes must be positive integers; got {sizes}")
-        n_hidden = len(sizes) - 2
+        layers = list(layers)
+        if layers and all(isinstance(n, int) for n in layers):  # the sizes of a fully-connected network
+            sizes = [int(n) for n in layers]
+            if len(sizes) < 3:
+                raise SpikepropError(f"a network needs an input, at least one hidden layer and an output; got sizes {sizes}")
+            if any(n < 1 for n in sizes):
+                raise SpikepropError(f"layer sizes must be positive integers; got {sizes}")
+            synapses = [Dense((a,), b) for a, b in zip(sizes[:-2], sizes[1:-1])]
+            n_classes = sizes[-1]
+        else:
+            synapses = layers
+            if not synapses or n_classes is None or n_classes < 1:
+                raise SpikepropError("a network needs at least one hidden layer and a number of classes")
+            for a, b in zip(synapses[:-1], synapses[1:]):
+                if a.out_shape != b.in_shape and not (isinstance(b, Dense) and a.n_out == b.n_in):
+                    raise SpikepropError(f"layer {b.token()} takes input {b.in_shape} but the layer before gives {a.out_shape}")
+        n_hidden = len(synapses)
         if isinstance(params, LIFParams):
             params = [params] * n_hidden
         if len(params) != n_hidden:
             raise SpikepropError(f"{len(params)} LIF parameter sets for {n_hidden} hidden layers")
-        self.sizes = tuple(sizes)
+        self.synapses: tuple[Synapse, ...] = tuple(synapses)
+        self.sizes = (synapses[0].n_in, *(syn.n_out for syn in synapses), int(n_classes))
         self.params = tuple(params)
-        # Optional W -> W' applied to every Dense (hidden and read-out) inside ``simulate``:
+        # Optional W -> W' applied to every synapse (hidden and read-out) inside ``simulate``:
         # ``--quantize loihi`` gives spikeprop.quantize.fake_quant_weight. Not a parameter.
         self.weight_transform = weight_transform
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
-            self.weights.append(nn.Parameter(_uniform((n_out, n_in), gain / math.sqrt(n_in), generator)))
-            self.biases.append(nn.Parameter(torch.zeros(n_out)))
-        self.readout = nn.Linear(sizes[-2], sizes[-1])
+        for syn in synapses:
+            self.weights.append(nn.Parameter(_uniform(syn.weight_shape, gain / math.sqrt(syn.fan_in), generator)))
+            self.biases.append(nn.Parameter(torch.zeros(syn.bias_shape)))
+        self.readout = nn.Linear(self.sizes[-2], self.sizes[-1])
         with torch.no_grad():
-            bound = 1.0 / math.sqrt(sizes[-2])
+            bound = 1.0 / math.sqrt(self.sizes[-2])
             self.readout.weight.copy_(_uniform(self.readout.weight.shape, bound, generator))
             self.readout.bias.zero_()
 
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.synapses[0].in_shape
+
+    @property
+    def convolutional(self) -> bool:
+        return any(not isinstance(s, Dense) for s in self.synapses)
+
     def effective_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """The weight a Dense runs with: ``weight_transform(w)`` (the fake-quantized one), else ``w``."""
+        """The weight a synapse runs with: ``weight_transform(w)`` (the fake-quantized one), else ``w``."""
         return self.weight_transform(w) if self.weight_transform is not None else w
 
     @property
@@ -89,14 +116,17 @@ class Network(nn.Module):
 
     def describe(self) -> dict:
         """Plain values that rebuild this architecture (see ``from_description``)."""
-        return {
-            "sizes": list(self.sizes),
-            "params": [{"du": p.du, "dv": p.dv, "vth": p.vth} for p in self.params],
-        }
+        d = {"sizes": list(self.sizes), "params": [{"du": p.du, "dv": p.dv, "vth": p.vth} for p in self.params]}
+        if self.convolutional or len(self.in_shape) > 1:
+            d["in_shape"], d["layers"] = list(self.in_shape), describe(self.synapses)
+        return d
 
     @classmethod
     def from_description(cls, d: dict) -> Network:
-        return cls(d["sizes"], [LIFParams(**p) for p in d["params"]])
+        params = [LIFParams(**p) for p in d["params"]]
+        if "layers" in d:
+            return cls(parse_layers(d["layers"], tuple(d["in_shape"])), params, n_classes=d["sizes"][-1])
+        return cls(d["sizes"], params)
 
 
 def _uniform(shape, bound: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -125,37 +155,43 @@ def simulate(
     reset_grad: str = "stop",
     record: bool = False,
     observer: Observer | None = None,
-    first_weight: torch.Tensor | None = None,
+    first_layer: tuple[Synapse, torch.Tensor] | None = None,
 ) -> SimResult:
-    """Run ``net`` on ``x`` [T, B, n_in] (currents or spikes) for T steps from zero state.
+    """Run ``net`` on ``x`` [T, B, *in_shape] (currents or spikes) for T steps from zero state.
 
     This is the one time loop of spikeprop: every layer, every rule and every backend that
     simulates in torch goes through it. Step-major: at each step all layers advance, layer ``l``
     reading layer ``l-1``'s spikes of the same (layer-local) step (module docstring: timing).
     Memory is independent of T unless ``record`` is set.
 
-    first_weight: replaces the first Dense (sigprop's label projection ``S_1``, [n_1, n_in']).
+    first_layer: (synapse, weight) that replace the first synapse (sigprop's label projection
+    ``S_1``: its input is the label stream's, its output the first layer's shape).
     observer: called as ``observer(l, t, layer_input, step)`` after each LIF step.
     """
-    if x.dim() != 3:
-        raise SpikepropError(f"inputs must be time-major [T, B, N]; got shape {tuple(x.shape)}")
-    T, B, _ = x.shape
+    if x.dim() < 3:
+        raise SpikepropError(f"inputs must be time-major [T, B, ...]; got shape {tuple(x.shape)}")
+    T, B = x.shape[:2]
+    synapses = list(net.synapses)
     weights = [net.effective_weight(w) for w in net.weights]
-    if first_weight is not None:
-        weights[0] = first_weight
-    if x.shape[2] != weights[0].shape[1]:
-        raise SpikepropError(f"input has {x.shape[2]} features but the first layer expects {weights[0].shape[1]}")
-    states = [LIFState.zeros(B, w.shape[0], device=x.device, dtype=x.dtype) for w in weights]
-    counts = [torch.zeros(B, w.shape[0], device=x.device, dtype=x.dtype) for w in weights]
+    if first_layer is not None:
+        synapses[0], weights[0] = first_layer
+    in_shape = synapses[0].in_shape
+    if math.prod(x.shape[2:]) != math.prod(in_shape):
+        raise SpikepropError(f"input has {math.prod(x.shape[2:])} features but the first layer expects {math.prod(in_shape)}")
+    if tuple(x.shape[2:]) != tuple(in_shape):
+        x = x.reshape(T, B, *in_shape)  # a view (a stride-0 time axis stays one)
+    biases = [syn.expand_bias(b) for syn, b in zip(net.synapses, net.biases)]
+    states = [LIFState.zeros(B, syn.out_shape, device=x.device, dtype=x.dtype) for syn in net.synapses]
+    counts = [torch.zeros(B, *syn.out_shape, device=x.device, dtype=x.dtype) for syn in net.synapses]
     rec_s: list[list[torch.Tensor]] = [[] for _ in weights]
     rec_v: list[list[torch.Tensor]] = [[] for _ in weights]
     # A time-constant input (direct encoding, sigprop's target stream: an expanded view with
-    # stride 0 along T) gives the same first Dense output at every step: compute it once.
-    a_first = F.linear(x[0], weights[0]) if x.stride(0) == 0 else None
+    # stride 0 along T) gives the same first synapse output at every step: compute it once.
+    a_first = synapses[0].current(x[0], weights[0]) if x.stride(0) == 0 else None
     for t in range(T):
         s = x[t]
-        for layer, (w, bias, params) in enumerate(zip(weights, net.biases, net.params)):
-            a = a_first if layer == 0 and a_first is not None else F.linear(s, w)
+        for layer, (syn, w, bias, params) in enumerate(zip(synapses, weights, biases, net.params)):
+            a = a_first if layer == 0 and a_first is not None else syn.current(s, w)
             step = lif_step(a, states[layer], params, bias, spike_fn, reset_grad)
             if observer is not None:
                 observer(layer, t, s, step)
@@ -165,10 +201,11 @@ def simulate(
                 rec_s[layer].append(step.s)
                 rec_v[layer].append(step.v_pre)
             s = step.s
+    rates = counts[-1].flatten(1) / T
     if net.weight_transform is None:
-        logits = net.readout(counts[-1] / T)
+        logits = net.readout(rates)
     else:
-        logits = F.linear(counts[-1] / T, net.effective_weight(net.readout.weight), net.readout.bias)
+        logits = F.linear(rates, net.effective_weight(net.readout.weight), net.readout.bias)
     if not record:
         return SimResult(counts, logits)
     return SimResult(counts, logits, [torch.stack(r) for r in rec_s], [torch.stack(r) for r in rec_v])

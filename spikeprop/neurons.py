@@ -59,14 +59,16 @@ class LIFParams:
 
 
 class LIFState(NamedTuple):
-    """The state of a population: current ``u`` and voltage ``v``, each [B, N]."""
+    """The state of a population: current ``u`` and voltage ``v``, each [B, *shape] ([B, N] for a
+    Dense layer's population, [B, C, H, W] for a convolution's)."""
 
     u: torch.Tensor
     v: torch.Tensor
 
     @classmethod
-    def zeros(cls, batch: int, n: int, *, device=None, dtype=torch.float32) -> LIFState:
-        z = torch.zeros(batch, n, device=device, dtype=dtype)
+    def zeros(cls, batch: int, shape: int | tuple[int, ...], *, device=None, dtype=torch.float32) -> LIFState:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        z = torch.zeros(batch, *shape, device=device, dtype=dtype)
         return cls(z, z.clone())
 
 
@@ -96,7 +98,7 @@ def lif_step(
 ) -> LIFStep:
     """One step of Lava's LIF (equations in the module docstring).
 
-    a_in: input current [B, N] (the Dense output); bias: [N] or None.
+    a_in: input current [B, *shape] (the synapse's output); bias: broadcastable to it, or None.
     spike_fn: maps ``v - vth`` to spikes; ``heaviside`` for inference and membrane-only rules, a
         snnTorch surrogate (``snntorch.surrogate.atan()``) for BPTT.
     reset_grad: how gradients treat the reset ``v <- 0``. 'stop' (BPTT, as snnTorch): the reset

@@ -325,7 +325,8 @@ def test_ff_deploys_with_the_neutral_label(tmp_path):
     fnet, _ = quantize_deployment(dep)
     x = ds.intensities(ds.test_x[:200])
     xin = dep.encode(x)
-    assert torch.allclose(xin[:, :, :10], torch.full_like(xin[:, :, :10], 2.0))
+    flat = xin.flatten(2)  # the label features: the first C of the flattened image
+    assert torch.allclose(flat[:, :, :10], torch.full_like(flat[:, :, :10], 2.0))
     payload = fnet.payload(xin)
     assert int(payload[0, 0, 0]) == 32 and fnet.input_bits >= 6  # 2.0 x the digits' scale 16
     _, _, _, rule, _ = load_run(run)

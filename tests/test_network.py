@@ -61,7 +61,7 @@ def autograd_membrane_grads(net, x, loss_fn):
 
 
 def trace_membrane_grads(net, x, loss_fn, constant_input=False):
-    tr = MembraneTraces(net.params, constant_input=constant_input)
+    tr = MembraneTraces(net, constant_input=constant_input)
     with torch.no_grad():
         simulate(net, x, reset_grad="constant", observer=tr)
     gw, gb = [], []
@@ -99,7 +99,7 @@ def test_eligibility_trace_gradient_matches_finite_differences(gen):
     x = torch.rand(9, 3, 5, generator=gen, dtype=torch.float64)
 
     def loss_of_net():
-        tr = MembraneTraces(net.params)
+        tr = MembraneTraces(net)
         with torch.no_grad():
             simulate(net, x, reset_grad="constant", observer=tr)
         return float(quadratic_loss(0, tr.mean_v(0)))

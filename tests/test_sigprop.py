@@ -42,7 +42,7 @@ class AutogradSigProp(SigProp):
             return observer
 
         res = simulate(net, xin, reset_grad="constant", observer=collect("h"))
-        simulate(net, cin, reset_grad="constant", observer=collect("t"), first_weight=self.S1)
+        simulate(net, cin, reset_grad="constant", observer=collect("t"), first_layer=(self.S1_synapse, self.S1))
         losses, matches, total = [], [], 0.0
         for layer in range(net.n_layers):
             loss, match = self._layer_loss(layer, sums["h", layer] / T, sums["t", layer] / T, y)

@@ -74,8 +74,8 @@ class FeedbackRule(AbstractRule):
         """``dL/dz_l = (error B_l) * f'(z_l) / B`` per hidden layer (module docstring)."""
         B = error.shape[0]
         signals = []
-        for layer in range(self.net.n_layers):
-            dz = error @ self.B[layer] / B
+        for layer, syn in enumerate(self.net.synapses):
+            dz = (error @ self.B[layer] / B).view(B, *syn.out_shape)  # B_l maps to the flattened layer
             if self.options["rep"] == "threshold":
                 dz = dz * threshold_slope(traces.mean_v(layer), self.net.params[layer].vth)
             signals.append(dz)
@@ -86,7 +86,7 @@ class FeedbackRule(AbstractRule):
         """Set ``.grad`` of every trained tensor for one batch; return the metrics."""
         net = self.net
         xin = self.encoder(x)
-        traces = MembraneTraces(net.params)
+        traces = MembraneTraces(net)
         res = simulate(net, xin, reset_grad="constant", observer=traces)
         loss, logits = readout_gradients(net, res.counts[-1] / xin.shape[0], y)
         apply_signals(net, traces, self.layer_signals(self.hidden_error(output_error(logits, y), y, index), traces))

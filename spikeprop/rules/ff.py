@@ -139,16 +139,16 @@ class ForwardForward(AbstractRule):
         T = xin.shape[0]
         if kind == "mean":
             with torch.no_grad():
-                traces = MembraneTraces(net.params)
+                traces = MembraneTraces(net)
                 res = simulate(net, xin, reset_grad="constant", observer=traces)
             z = [traces.mean_v(layer).requires_grad_(torch.is_grad_enabled()) for layer in range(net.n_layers)]
-            G = [(F.relu(zl / p.vth) ** 2).mean(1) for zl, p in zip(z, net.params)]
+            G = [(F.relu(zl / p.vth) ** 2).flatten(1).mean(1) for zl, p in zip(z, net.params)]
             return Goodness(G, res.counts, traces, z)
         sums: dict[int, torch.Tensor] = {}
 
         def observer(layer, t, s_in, step):
             v = step.v_pre if kind == "m2" else step.state.v
-            g = (F.relu(v / net.params[layer].vth) ** 2).mean(1)
+            g = (F.relu(v / net.params[layer].vth) ** 2).flatten(1).mean(1)
             sums[layer] = g if t == 0 else sums[layer] + g
 
         res = simulate(net, xin, reset_grad="constant", observer=observer)

@@ -55,6 +55,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from spikeprop import SpikepropError
 from spikeprop.eligibility import CurrentTraces
 from spikeprop.network import simulate
 from spikeprop.rules.base import AbstractRule, Option, register
@@ -96,6 +97,9 @@ class PEPITA(AbstractRule):
         like = net.readout.weight  # fixed matrices share the network's device and dtype
         self.F_std = self.options["F_scale"] * math.sqrt(2.0 / n_in)
         if self.options["wm"] == "on":
+            if net.convolutional:
+                raise SpikepropError("--pepita-wm on mirrors every layer's weights into a dense B_l; a convolutional "
+                                     "layer has no dense matrix to mirror (use --pepita-wm off, the default)")
             dims = list(net.sizes)
             self.B = [torch.randn(a, b, generator=self.generator).to(like) for a, b in zip(dims[:-1], dims[1:])]
             self._renormalise()
@@ -142,6 +146,7 @@ class PEPITA(AbstractRule):
                         encoder_state: torch.Tensor | None) -> torch.Tensor:
         """Pass 2's input for ``x - F e``: the unclipped current under direct encoding, else the encoder's
         spikes of ``x - F e`` drawn with the same random numbers as pass 1 (the generator rewound)."""
+        Fe = Fe.view(x.shape)  # F maps to the flattened input: an image gets its own shape back
         if not self.encoder.binary:
             return (x - Fe).unsqueeze(0).expand(xin.shape[0], *x.shape)
         if encoder_state is not None:
@@ -155,7 +160,7 @@ class PEPITA(AbstractRule):
         state = enc.generator.get_state() if enc.generator is not None else None
         xin = enc(x)
         T, B = xin.shape[0], xin.shape[1]
-        tr1, tr2 = CurrentTraces(net.params), CurrentTraces(net.params)
+        tr1, tr2 = CurrentTraces(net), CurrentTraces(net)
         res1 = simulate(net, xin, reset_grad="constant", observer=tr1)
         e = output_error(res1.logits, y)
         res2 = simulate(net, self.modulated_input(x, e @ self.F.t(), xin, state), reset_grad="constant", observer=tr2)

@@ -32,6 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from spikeprop.eligibility import MembraneTraces
+from spikeprop.layers import Dense
 from spikeprop.network import simulate
 from spikeprop.rules.base import AbstractRule, Option, register
 from spikeprop.rules.local import REPRESENTATIONS, apply_signals, represent, threshold_activation
@@ -41,9 +42,11 @@ from spikeprop.validate import POSITIVE
 def sigprop_loss(r_h: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch-contrastive local loss (module docstring) and the layer's match accuracy.
 
-    r_h, r_t: [B, n] representations of the data and the target streams; y: labels [B].
-    The accuracy counts samples whose most similar target has the same label.
+    r_h, r_t: [B, *shape] representations of the data and the target streams (a feature map is
+    compared as one vector); y: labels [B]. The accuracy counts samples whose most similar target
+    has the same label.
     """
+    r_h, r_t = r_h.flatten(1), r_t.flatten(1)
     logits = F.normalize(r_h, dim=1) @ F.normalize(r_t, dim=1).t() / tau
     same = (y[:, None] == y[None, :]).to(logits.dtype)
     target = same / same.sum(1, keepdim=True)
@@ -68,7 +71,9 @@ class SigProp(AbstractRule):
         super().__init__(net, config, encoder)
         n_classes = net.sizes[-1]
         bound = 1.0 / math.sqrt(n_classes)
-        # S_1: the label projection into layer 1, learned by the layer's loss.
+        # S_1: the label projection into layer 1 (a Dense from the C classes to the layer's shape:
+        # a feature map for a convolutional layer), learned by the layer's loss.
+        self.S1_synapse = Dense((n_classes,), net.sizes[1], shape=net.synapses[0].out_shape)
         s1 = (torch.rand(net.sizes[1], n_classes, generator=self.generator) * 2 - 1) * bound
         self.S1 = torch.nn.Parameter(s1.to(net.weights[0].device))
         self.optimizer = torch.optim.Adam([*net.weights, *net.biases, self.S1], lr=self.lr)
@@ -114,10 +119,10 @@ class SigProp(AbstractRule):
         cin = self._class_targets(xin.shape[0], xin)
         with torch.no_grad():
             # Direct encoding and the label stream are constant in time: layer 1's trace is a scalar.
-            tr_h = MembraneTraces(net.params, constant_input=xin.stride(0) == 0)
-            tr_t = MembraneTraces(net.params, constant_input=True)
+            tr_h = MembraneTraces(net, constant_input=xin.stride(0) == 0)
+            tr_t = MembraneTraces(net, constant_input=True, first_synapse=self.S1_synapse)
             res = simulate(net, xin, reset_grad="constant", observer=tr_h)
-            simulate(net, cin, reset_grad="constant", observer=tr_t, first_weight=self.S1)
+            simulate(net, cin, reset_grad="constant", observer=tr_t, first_layer=(self.S1_synapse, self.S1))
         losses, matches, dz_h, dz_t = [], [], [], []
         with torch.enable_grad():
             for layer in range(net.n_layers):
@@ -148,7 +153,7 @@ class SigProp(AbstractRule):
 
         with torch.enable_grad():
             res = simulate(net, xin, reset_grad="constant", observer=collect("h"))
-            simulate(net, cin, reset_grad="constant", observer=collect("t"), first_weight=self.S1)
+            simulate(net, cin, reset_grad="constant", observer=collect("t"), first_layer=(self.S1_synapse, self.S1))
             losses, matches, total = [], [], 0.0
             for layer in range(net.n_layers):
                 loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer][y] / T, y, self.options["tau"])
