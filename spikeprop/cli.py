@@ -82,7 +82,12 @@ def _add_train(sub) -> None:
     p.add_argument("--dataset", choices=DATASETS, help="dataset (default: digits, embedded)")
     p.add_argument("--data-dir", type=_path, help="directory holding the IDX files of fashion-mnist or mnist")
     p.add_argument("--steps", type=int, help="time steps T per sample")
-    p.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 500,500")
+    p.add_argument("--hidden", type=_hidden, help="fully-connected hidden layer sizes, e.g. 500,500")
+    p.add_argument("--layers", metavar="SPEC", help="the hidden stack: comma-separated tokens, e.g. 16c5s2,32c3s2,256 "
+                   "(256: a Dense layer of 256; 16c5s2: a 5x5 convolution to 16 channels, stride 2, padding 2; "
+                   "32c3p0: padding 0; a Dense after a convolution flattens it). Overrides --hidden")
+    p.add_argument("--model", choices=("fc", "conv"), help="the dataset's recipe: fc (fully connected, the default) or "
+                   "conv (convolutional; models/)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--lr", type=float, help="learning rate of the network's weights (Adam)")
@@ -202,16 +207,21 @@ def resolve_train_config(args: argparse.Namespace):
     source = f"config file {args.config}" if args.config else "configuration"
     rule = flags.get("rule", toml.get("rule", TrainConfig.rule))
     dataset = flags.get("dataset", toml.get("dataset", TrainConfig.dataset))
-    try:  # the recipe is looked up by these two: check them before anything else
-        string("rule", rule), string("dataset", dataset)
+    model = flags.get("model", toml.get("model", TrainConfig.model))
+    try:  # the recipe is looked up by these three: check them before anything else
+        string("rule", rule), string("dataset", dataset), string("model", model)
     except SpikepropError as e:
         raise SpikepropError(f"{source}: {e}") from None
+    if "layers" in flags and "hidden" in flags:
+        raise SpikepropError("give --layers or --hidden, not both (--layers 500,500 is --hidden 500,500)")
     for other in set(flag_opts) - {rule}:
         names = ", ".join(_rule_flag(other, k) for k in flag_opts[other])
         raise SpikepropError(f"{names} belong(s) to --rule {other}, but the rule is {rule}")
     for other in set(tables) - {rule}:
         raise SpikepropError(f"{args.config}: table [{other}] holds options of --rule {other}, but the rule is {rule}")
-    base = recipe(dataset, rule)
+    base = recipe(dataset, rule, model)
+    if "hidden" in flags or "hidden" in toml and "layers" not in flags:
+        base.pop("layers", None)  # fully-connected sizes asked for: the recipe's stack does not apply
     options = {**base.pop("rule_options", {}), **tables.get(rule, {}), **flag_opts.get(rule, {})}
     values = {**base, **toml, **flags, "rule_options": options}
     return TrainConfig.from_dict(values, source=source)
@@ -245,8 +255,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{config.dataset}-{config.rule}-{config.neurons}-{stamp}"
         resume = False
+    stack = f"layers {config.layers}" if config.layers else f"hidden {','.join(map(str, config.hidden))}"
     print(f"spikeprop train: rule {config.rule}, neurons {config.neurons}, dataset {config.dataset}, "
-          f"hidden {','.join(map(str, config.hidden))}, T={config.steps}, {config.epochs} epochs -> {run_dir}")
+          f"{stack}, T={config.steps}, {config.epochs} epochs -> {run_dir}")
     progress = False if args.no_progress else None
     summary = train(config, run_dir, resume=resume, overwrite=bool(args.overwrite) and not resume, progress=progress)
     sps = summary["samples_per_second"]

@@ -55,6 +55,9 @@ FIELD_SPECS: dict[str, tuple[type, Range | None]] = {
     "lr": (float, POSITIVE), "du": (float, UNIT), "dv": (float, UNIT), "vth": (float, Range(0.0, MAX_VTH, low_open=True)),
 }
 CHOICES = {"neurons": NEURON_KINDS, "dataset": DATASETS, "encoding": ENCODINGS, "quantize": QUANTIZERS}
+MODELS = ("fc", "conv")  # the recipes a dataset has (models/): fully connected, convolutional
+# Fields added after the first run directories were written: a config.json without them has these.
+ADDED_FIELDS = {"layers": None, "model": "fc"}
 
 
 def _flag(name: str) -> str:
@@ -80,6 +83,10 @@ class TrainConfig:
     vth: float = 1.0
     quantize: str = "none"
     rule_options: dict = field(default_factory=dict)
+    # The hidden stack as a --layers spec (spikeprop.layers), e.g. "16c5s2,32c3s2,256"; None: the
+    # fully-connected layers of ``hidden``. ``model`` names the recipe it came from.
+    layers: str | None = None
+    model: str = "fc"
 
     def __post_init__(self) -> None:
         from spikeprop.rules import RULES
@@ -88,6 +95,9 @@ class TrainConfig:
         for name, (kind, allowed) in FIELD_SPECS.items():
             put(name, check(_flag(name), getattr(self, name), kind, allowed, CHOICES.get(name)))
         put("hidden", check_hidden(self.hidden))
+        if self.layers is not None:
+            put("layers", check_layers(self.layers))
+        put("model", string("--model", self.model, MODELS))
         if self.data_dir is not None:
             put("data_dir", string("--data-dir", self.data_dir))
         if self.rule not in RULES:
@@ -130,6 +140,7 @@ class TrainConfig:
         if unknown:
             raise SpikepropError(f"{source}: unknown key(s): {', '.join(sorted(map(str, unknown)))}")
         if complete:
+            d = {**{k: v for k, v in ADDED_FIELDS.items() if k not in d}, **d}
             missing = names - set(d)
             if missing:
                 raise SpikepropError(f"{source} lacks {', '.join(sorted(missing))}; it was not written by spikeprop "
@@ -148,11 +159,26 @@ class TrainConfig:
 
     def architecture_key(self) -> dict:
         """The settings a trained checkpoint depends on: every field but those a run may change
-        when it is resumed or moved (``epochs``, ``device``, ``data_dir``)."""
+        when it is resumed or moved (``epochs``, ``device``, ``data_dir``). A field added later is
+        left out while it has its old default, so older checkpoints keep matching."""
         d = self.to_dict()
         for k in ("epochs", "device", "data_dir"):
             d.pop(k)
+        for k, default in ADDED_FIELDS.items():
+            if d[k] == default:
+                d.pop(k)
         return d
+
+
+def check_layers(value: Any) -> str:
+    """``--layers``: a spec that parses (spikeprop.layers); normalised (``describe`` of its parse).
+    Shapes are checked against the dataset when the network is built."""
+    from spikeprop.layers import describe, parse_layers
+
+    if not isinstance(value, str):
+        raise SpikepropError(f"--layers must be a string of layer tokens, e.g. \"16c5s2,32c3s2,256\"; got {type_name(value)}")
+    # Parse against a large dummy image so that only the syntax is judged here.
+    return describe(parse_layers(value, (1, 4096, 4096)))
 
 
 def check_hidden(value: Any) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ from spikeprop.config import TrainConfig
 from spikeprop.data import Dataset, load
 from spikeprop.encoders import Encoder
 from spikeprop.evaluate import accuracy, activity
+from spikeprop.layers import parse_layers
 from spikeprop.network import Network
 from spikeprop.quantize import fake_quant_weight
 from spikeprop.rules import RULES, Rule
@@ -61,8 +62,13 @@ def available_memory(device: str) -> int | None:
 
 def check_size(config: TrainConfig, ds: Dataset) -> None:
     """Refuse a network whose weights alone would not fit in memory (a typo in --hidden), before allocating."""
-    sizes = [ds.n_features, *config.hidden, ds.n_classes]
-    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    if config.layers is not None:
+        layers = parse_layers(config.layers, ds.sample_shape)
+        sizes = [ds.n_features, *(s.n_out for s in layers), ds.n_classes]
+        weights = sum(math.prod(s.weight_shape) for s in layers) + sizes[-2] * sizes[-1]
+    else:
+        sizes = [ds.n_features, *config.hidden, ds.n_classes]
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     need = weights * TRAINING_BYTES_PER_WEIGHT
     free = available_memory(config.device)
     if free is not None and need > free:
@@ -76,8 +82,13 @@ def build_network(config: TrainConfig, ds: Dataset) -> Network:
     check_size(config, ds)
     # --quantize loihi: train what Loihi 2 will run (spikeprop.quantize)
     transform = fake_quant_weight if config.quantize == "loihi" else None
-    net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(),
-                  generator=seeds.generator(config.seed, "weights"), weight_transform=transform)
+    if config.layers is not None:
+        layers = parse_layers(config.layers, ds.sample_shape)  # shapes checked against the data here
+        net = Network(layers, config.lif_params(), generator=seeds.generator(config.seed, "weights"),
+                      weight_transform=transform, n_classes=ds.n_classes)
+    else:
+        net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(),
+                      generator=seeds.generator(config.seed, "weights"), weight_transform=transform)
     return net.to(config.device)
 
 
@@ -124,6 +135,13 @@ def restore(config: TrainConfig, net: Network, rule: Rule, ckpt: dict, source: P
     """``restore_network``, then the rule's state (optimizers, generator, extra tensors)."""
     restore_network(config, net, ckpt, source)
     _load_state(lambda: rule.load_state_dict(ckpt["rule"]), source)
+
+
+def net_layers(net: Network) -> str:
+    """The hidden stack as a --layers spec (a fully-connected network's too)."""
+    from spikeprop.layers import describe
+
+    return describe(net.synapses)
 
 
 def peak_memory_mib() -> float:
@@ -251,7 +269,7 @@ def _train_locked(config, run_dir, ds, net, rule, encoder, resume, progress, log
     summary = {
         "test_accuracy": rows[-1]["test_accuracy"],
         "rule": config.rule, "neurons": config.neurons, "dataset": config.dataset,
-        "steps": config.steps, "epochs": config.epochs, "hidden": list(config.hidden),
+        "steps": config.steps, "epochs": config.epochs, "hidden": list(config.hidden), "layers": net_layers(net),
         "encoding": config.encoding, "seed": config.seed, "device": config.device,
         "samples_per_second": samples_seen / train_time if train_time > 0 else None,
         "train_time_s": train_time,

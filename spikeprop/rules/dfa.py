@@ -88,7 +88,7 @@ class FeedbackRule(AbstractRule):
         xin = self.encoder(x)
         traces = MembraneTraces(net)
         res = simulate(net, xin, reset_grad="constant", observer=traces)
-        loss, logits = readout_gradients(net, res.counts[-1] / xin.shape[0], y)
+        loss, logits = readout_gradients(net, res.counts[-1].flatten(1) / xin.shape[0], y)
         apply_signals(net, traces, self.layer_signals(self.hidden_error(output_error(logits, y), y, index), traces))
         return {"loss": float(loss), "train_accuracy": float((logits.argmax(1) == y).float().mean())}
 

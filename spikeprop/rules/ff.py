@@ -168,7 +168,7 @@ class ForwardForward(AbstractRule):
             xin0 = self.encode(x, None)
             res0 = simulate(net, xin0)
         if self.options["negatives"] == "hard":
-            y_neg = hard_wrong_labels(y, net.readout(res0.counts[-1] / xin0.shape[0]), self.generator)
+            y_neg = hard_wrong_labels(y, net.readout(res0.counts[-1].flatten(1) / xin0.shape[0]), self.generator)
         else:
             y_neg = wrong_labels(y, self.n_classes, self.generator)
         xin = torch.cat([self.encode(x, y), self.encode(x, y_neg)], dim=1)
@@ -183,7 +183,7 @@ class ForwardForward(AbstractRule):
                 hidden = [*net.weights, *net.biases]
                 for p, g in zip(hidden, torch.autograd.grad(total, hidden)):
                     p.grad = g
-        readout_loss, logits = readout_gradients(net, res0.counts[-1] / xin0.shape[0], y)
+        readout_loss, logits = readout_gradients(net, res0.counts[-1].flatten(1) / xin0.shape[0], y)
         metrics = {"loss": float(total.detach()), "readout_loss": float(readout_loss),
                    "train_accuracy": float((logits.argmax(1) == y).float().mean())}
         for i, (loss, gp, gn) in enumerate(zip(losses, G_pos, G_neg)):

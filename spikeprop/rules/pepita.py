@@ -177,10 +177,10 @@ class PEPITA(AbstractRule):
             else:
                 dz = (z1 - z2) / B
             signals.append(dz)
-            delta.append(float(dz.abs().sum(1).mean()) * B)
+            delta.append(float(dz.abs().flatten(1).sum(1).mean()) * B)
         apply_signals(net, tr2 if self.options["pre"] == "err" else tr1, signals, bias=False)
         output = self.options["output"]
-        r = (res1 if output == "ce" else res2).counts[-1] / T
+        r = (res1 if output == "ce" else res2).counts[-1].flatten(1) / T
         e_out = output_error(res2.logits, y) if output == "second" else e
         net.readout.weight.grad = e_out.t() @ r / B
         net.readout.bias.grad = e_out.mean(0)

@@ -30,5 +30,5 @@ class Shallow(AbstractRule):
         with torch.no_grad():
             xin = self.encoder(x)
             res = simulate(self.net, xin)
-        loss, logits = readout_gradients(self.net, res.counts[-1] / xin.shape[0], y)
+        loss, logits = readout_gradients(self.net, res.counts[-1].flatten(1) / xin.shape[0], y)
         return {"loss": float(loss), "train_accuracy": float((logits.argmax(1) == y).float().mean())}

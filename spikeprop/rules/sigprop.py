@@ -100,7 +100,7 @@ class SigProp(AbstractRule):
         else:
             losses, matches, counts = self._surrogate_grads(xin, y)
         with torch.enable_grad():
-            logits = self.net.readout(counts[-1].detach() / xin.shape[0])
+            logits = self.net.readout(counts[-1].detach().flatten(1) / xin.shape[0])
             readout_loss = F.cross_entropy(logits, y)
             readout_loss.backward()
         metrics = {"loss": float(sum(losses)), "readout_loss": readout_loss.item(),
