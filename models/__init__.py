@@ -33,9 +33,9 @@ RECIPES["mnist"] = RECIPES["fashion-mnist"]
 CONV_RECIPES: dict[str, dict] = {
     # 8x8 digits: small enough that CI trains, quantizes and verifies one on Lava in seconds.
     "digits": {"layers": "16c3s2,64", "steps": 8, "epochs": 30, "batch_size": 32,
-               "lr": {"default": 2e-3, "shallow": 1e-2}},
+               "lr": {"default": 2e-3, "shallow": 1e-2}, "rule_options": {"ff": {"label_scale": 4.0}}},
     "fashion-mnist": {"layers": "32c5s2,64c3s2", "steps": 10, "epochs": 20, "batch_size": 128,
-                      "lr": {"default": 1e-3, "shallow": 1e-2}},
+                      "lr": {"default": 1e-3, "shallow": 1e-2}, "rule_options": {"ff": {"label": "planes"}}},
 }
 CONV_RECIPES["mnist"] = CONV_RECIPES["fashion-mnist"]
 
@@ -48,7 +48,9 @@ def recipe(dataset: str, rule: str, model: str = "fc") -> dict:
         return {}
     if model == "conv" and dataset in CONV_RECIPES:
         conv = CONV_RECIPES[dataset]
-        r = {**r, **conv, "rule_options": {**r["rule_options"], **conv.get("rule_options", {})}}
+        options = {rule_: {**r["rule_options"].get(rule_, {}), **conv.get("rule_options", {}).get(rule_, {})}
+                   for rule_ in {*r["rule_options"], *conv.get("rule_options", {})}}
+        r = {**r, **conv, "rule_options": options}
     out = {k: v for k, v in r.items() if k not in ("lr", "rule_options")}
     out["lr"] = r["lr"].get(rule, r["lr"]["default"])
     out["rule_options"] = dict(r["rule_options"].get(rule, {}))

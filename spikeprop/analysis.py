@@ -40,7 +40,7 @@ import torch
 
 from spikeprop import SpikepropError
 from spikeprop.data import Dataset
-from spikeprop.evaluate import synops
+from spikeprop.evaluate import synops_per_layer
 from spikeprop.network import Network, simulate
 
 ENSEMBLE_QUANTILE = 0.9  # Tosato et al.'s method 2 threshold
@@ -107,7 +107,7 @@ def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Te
         raise SpikepropError("no test samples to analyse (--limit must be >= 1)")
     counts = [[] for _ in range(net.n_layers)]
     mean_v = [[] for _ in range(net.n_layers)]
-    preds, ops, raster, T = [], 0.0, None, None
+    preds, ops, raster, T, layer_ops = [], 0.0, None, None, None
     for i in range(0, len(x_all), batch_size):
         x = ds.intensities(x_all[i : i + batch_size]).to(device)
         xin = drive(x, y_all[i : i + batch_size].to(device))
@@ -122,8 +122,8 @@ def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Te
             v_sum[layer] = step.v_pre if t == 0 else v_sum[layer] + step.v_pre
             if rec0 is not None:
                 if t == 0:
-                    rec0[layer] = torch.zeros(T, step.s.shape[1], dtype=step.s.dtype)
-                rec0[layer][t] = step.s[0]
+                    rec0[layer] = torch.zeros(T, step.s[0].numel(), dtype=step.s.dtype)
+                rec0[layer][t] = step.s[0].flatten()
 
         res = simulate(net, xin, observer=observe)
         if rec0 is not None:
@@ -131,12 +131,14 @@ def collect(net: Network, drive: Callable[[torch.Tensor, torch.Tensor], torch.Te
         for layer in range(net.n_layers):
             counts[layer].append(res.counts[layer].cpu())
             mean_v[layer].append((v_sum[layer] / T).cpu())
-        ops += synops(net, xin, res.counts)
+        per = synops_per_layer(net, xin, res.counts)
+        layer_ops = per if layer_ops is None else [a + b for a, b in zip(layer_ops, per)]
+        ops += sum(per)
         preds.append((res.logits if predict is None else predict(x)).argmax(1).cpu())
     return {
         "counts": [torch.cat(c) for c in counts], "mean_v": [torch.cat(v) for v in mean_v],
         "labels": y_all.clone(), "predictions": torch.cat(preds), "raster": raster,
-        "synops_per_sample": ops / len(x_all), "steps": T,
+        "synops_per_sample": ops / len(x_all), "synops_per_layer": [o / len(x_all) for o in layer_ops], "steps": T,
     }
 
 
@@ -153,14 +155,15 @@ def summarize(data: dict, n_classes: int) -> dict:
     labels, correct = data["labels"], data["predictions"] == data["labels"]
     T = data["steps"]
     layers = []
-    for layer, (counts, mean_v) in enumerate(zip(data["counts"], data["mean_v"])):
+    for layer, (maps, mean_maps) in enumerate(zip(data["counts"], data["mean_v"])):
+        counts, mean_v = maps.flatten(1), mean_maps.flatten(1)  # a feature map's neurons, in C-H-W order
         volt = mean_v.clamp_min(0.0)
         hc, hv = hoyer(counts[correct]), hoyer(volt[correct])
         lab = labels[correct]
         ens = {key: _ensemble_summary(ensembles(act[correct], lab, n_classes))
                for key, act in (("counts", counts), ("voltage", volt))}
-        layers.append({
-            "layer": layer + 1, "neurons": int(counts.shape[1]),
+        row = {
+            "layer": layer + 1, "neurons": int(counts.shape[1]), "shape": list(maps.shape[1:]),
             "firing_rate": float(counts.mean()) / T,
             "silent_fraction": float((counts.sum(0) == 0).float().mean()),
             "negative_voltage_fraction": float((mean_v < 0).float().mean()),
@@ -169,7 +172,18 @@ def summarize(data: dict, n_classes: int) -> dict:
             "hoyer_voltage_per_class": [_nanmean(hv[lab == c]) for c in range(n_classes)],
             "empty_samples": {"counts": int(torch.isnan(hc).sum()), "voltage": int(torch.isnan(hv).sum())},
             "ensembles": ens,
-        })
+        }
+        if "synops_per_layer" in data:
+            row["synops_per_sample"] = data["synops_per_layer"][layer + 1]  # the spikes of this layer, entering the next
+        if maps.dim() == 4:  # a feature map: the same per channel (over its positions)
+            per_channel = maps.flatten(2)  # [N, C, H·W]
+            row["channels"] = {
+                "firing_rate": [float(c) / T for c in per_channel.mean((0, 2))],
+                "silent_fraction": [float(f) for f in (per_channel.sum(0) == 0).float().mean(1)],
+                "hoyer_counts": [_nanmean(hoyer(per_channel[correct][:, ch])) if per_channel.shape[2] > 1 else float("nan")
+                                 for ch in range(per_channel.shape[1])],
+            }
+        layers.append(row)
     return {
         "samples": len(labels), "correct": int(correct.sum()), "accuracy": float(correct.float().mean()),
         "steps": T, "synops_per_sample": data["synops_per_sample"], "layers": layers,
@@ -181,7 +195,11 @@ def summarize(data: dict, n_classes: int) -> dict:
                          f"class c > the {ENSEMBLE_QUANTILE:.0%} quantile of all class-c activities (Tosato et al., "
                          "method 2); jaccard_mean over class pairs",
             "firing_rate": "spikes per neuron per step over all analysed samples",
-            "synops": "non-zero inputs x sizes[1] + hidden spikes x fan-out, per sample",
+            "synops": "per sample: every non-zero input or spike times the output neurons of the synapse it enters "
+                      "(a convolution's: the windows that hold it times its channels); a layer's synops_per_sample "
+                      "counts its spikes entering the next synapse",
+            "channels": "a convolutional layer's metrics per channel, over its positions (Hoyer: per sample, over the "
+                        "channel's positions)",
         },
     }
 

@@ -75,8 +75,9 @@ def nonzero_inputs(xin: torch.Tensor) -> int:
     return int(input_events(xin).sum())
 
 
-def synops(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> float:
-    """Synaptic operations of a batch: input [T, B, *in_shape] and hidden spike counts [B, *shape].
+def synops_per_layer(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> list[float]:
+    """Synaptic operations of a batch per synapse (the hidden synapses, then the read-out): input
+    [T, B, *in_shape] and hidden spike counts [B, *shape].
 
     Every non-zero input entering the first synapse and every spike of hidden layer l costs the
     additions of the synapse it enters (``Synapse.synops``: a Dense layer's every output neuron, a
@@ -84,8 +85,13 @@ def synops(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> float
     operations are linear in the events, so counts over the T steps give the total.
     """
     events = input_events(xin).view(xin.shape[1], *net.in_shape)
-    ops = net.synapses[0].synops(events)
+    ops = [net.synapses[0].synops(events)]
     readout = Dense((net.sizes[-2],), net.sizes[-1])
     for layer, c in enumerate(counts):
-        ops += (net.synapses[layer + 1] if layer + 1 < net.n_layers else readout).synops(c)
+        ops.append((net.synapses[layer + 1] if layer + 1 < net.n_layers else readout).synops(c))
     return ops
+
+
+def synops(net: Network, xin: torch.Tensor, counts: list[torch.Tensor]) -> float:
+    """All synaptic operations of a batch (``synops_per_layer`` summed)."""
+    return sum(synops_per_layer(net, xin, counts))

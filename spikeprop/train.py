@@ -60,10 +60,15 @@ def available_memory(device: str) -> int | None:
     return None
 
 
+def input_shape(config: TrainConfig, ds: Dataset) -> tuple[int, ...]:
+    """The shape of one network input: the dataset's sample, as the rule deploys it (FF's label planes)."""
+    return RULES[config.rule].input_shape(config.rule_options, ds.sample_shape, ds.n_classes)
+
+
 def check_size(config: TrainConfig, ds: Dataset) -> None:
     """Refuse a network whose weights alone would not fit in memory (a typo in --hidden), before allocating."""
     if config.layers is not None:
-        layers = parse_layers(config.layers, ds.sample_shape)
+        layers = parse_layers(config.layers, input_shape(config, ds))
         sizes = [ds.n_features, *(s.n_out for s in layers), ds.n_classes]
         weights = sum(math.prod(s.weight_shape) for s in layers) + sizes[-2] * sizes[-1]
     else:
@@ -82,12 +87,13 @@ def build_network(config: TrainConfig, ds: Dataset) -> Network:
     check_size(config, ds)
     # --quantize loihi: train what Loihi 2 will run (spikeprop.quantize)
     transform = fake_quant_weight if config.quantize == "loihi" else None
+    in_shape = input_shape(config, ds)
     if config.layers is not None:
-        layers = parse_layers(config.layers, ds.sample_shape)  # shapes checked against the data here
+        layers = parse_layers(config.layers, in_shape)  # shapes checked against the data here
         net = Network(layers, config.lif_params(), generator=seeds.generator(config.seed, "weights"),
                       weight_transform=transform, n_classes=ds.n_classes)
     else:
-        net = Network([ds.n_features, *config.hidden, ds.n_classes], config.lif_params(),
+        net = Network([math.prod(in_shape), *config.hidden, ds.n_classes], config.lif_params(),
                       generator=seeds.generator(config.seed, "weights"), weight_transform=transform)
     return net.to(config.device)
 

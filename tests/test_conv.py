@@ -135,3 +135,36 @@ def test_every_rule_trains_a_conv_net_on_digits(tmp_path, name):
     final = runs.read_json(out / runs.SUMMARY)["test_accuracy"]
     # shallow trains only its read-out on random conv and Dense layers: above chance is its bar
     assert final > (0.15 if name == "shallow" else 0.45), final
+
+
+def test_analysis_of_a_conv_run_reports_feature_maps_per_channel(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "conv", "--epochs", "2", "--out", str(run), "--no-progress"]) == 0
+    assert main(["analyze", str(run), "--limit", "60"]) == 0
+    a = json.loads((run / "analysis.json").read_text())
+    conv, dense = a["layers"]
+    assert conv["shape"] == [16, 4, 4] and conv["neurons"] == 256 and "channels" not in dense
+    rates = conv["channels"]["firing_rate"]
+    assert len(rates) == 16 and abs(sum(rates) / 16 - conv["firing_rate"]) < 1e-9  # equal positions per channel
+    assert conv["synops_per_sample"] + dense["synops_per_sample"] < a["synops_per_sample"]  # plus the input's
+
+
+def test_ff_label_planes_add_input_channels(tmp_path, gen):
+    from spikeprop.encoders import Encoder
+    from spikeprop.rules.ff import ForwardForward
+
+    opts = {"label": "planes", "label_scale": 2.0}
+    assert ForwardForward.input_shape(opts, (1, 8, 8), 10) == (11, 8, 8)
+    assert ForwardForward.input_shape({}, (1, 8, 8), 10) == (1, 8, 8)  # features: the image as it is
+    x = torch.rand(3, 1, 8, 8, generator=gen)
+    xin = ForwardForward.deploy_input(opts, x, Encoder("direct", 4), 10)
+    assert xin.shape == (4, 3, 11, 8, 8) and torch.allclose(xin[:, :, :10], torch.full((4, 3, 10, 8, 8), 0.2))
+    assert torch.equal(xin[0, :, 10:], x)
+    with pytest.raises(SpikepropError, match="adds label channels to an image"):
+        ForwardForward.input_shape(opts, (64,), 10)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "conv", "--rule", "ff", "--ff-label", "planes", "--epochs", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    assert runs.load_checkpoint(run)["network"]["weights.0"].shape == (16, 11, 3, 3)

@@ -121,6 +121,12 @@ class AbstractRule(ABC):
         """Class scores [B, C] of intensities ``x`` [B, n_in]: the read-out of ``deploy_input``."""
         return simulate(self.net, self.deploy_input(self.options, x, self.encoder, self.net.sizes[-1])).logits
 
+    @classmethod
+    def input_shape(cls, options: dict, sample_shape: tuple[int, ...], n_classes: int) -> tuple[int, ...]:
+        """The shape of one input the network takes for samples of ``sample_shape`` (what
+        ``deploy_input`` gives per sample): the sample's own, unless the rule adds to it."""
+        return tuple(sample_shape)
+
     @property
     def predicts_by_readout(self) -> bool:
         """Whether ``predict`` is the read-out of one pass on ``deploy_input`` (so the scores of that

@@ -63,6 +63,16 @@ def label_currents(labels: torch.Tensor | None, n_classes: int, scale: float, li
     return F.one_hot(labels, n_classes).to(like.dtype) * scale
 
 
+def _labelled(options: dict, x: torch.Tensor, labels: torch.Tensor | None, encoder, n_classes: int) -> torch.Tensor:
+    """``encoder(x)`` with the label written in: over the first C features, or as C one-hot planes
+    put before the image's channels (the encoder's overlay: a direct current may exceed 1)."""
+    currents = label_currents(labels, n_classes, options["label_scale"], x)  # [B, C]
+    if options["label"] == "features":
+        return encoder(x, overlay=currents)
+    planes = currents[:, :, None, None].expand(x.shape[0], n_classes, *x.shape[2:])
+    return encoder(torch.cat([torch.zeros_like(planes), x], dim=1), overlay=planes.reshape(x.shape[0], -1))
+
+
 class Goodness(NamedTuple):
     """Per layer: the goodness G [B] (differentiable in W_l) and the spike counts [B, n]; for
     ``--ff-goodness mean`` also the traces and the mean voltages z it was computed from."""
@@ -105,6 +115,9 @@ class ForwardForward(AbstractRule):
                             "drawn in proportion to the read-out's softmax on the neutral-label pass (Hinton's hard negatives)",
                             ("uniform", "hard")),
         "readout_lr": Option(float, 1e-3, "learning rate of the linear read-out (Adam)", allowed=POSITIVE),
+        "label": Option(str, "features", "where the label goes: features: the first C input features (Hinton's "
+                        "overlay); planes: C extra input channels, one-hot at label_scale over the whole image, "
+                        "so that every convolution window sees it (the conv recipe's)", ("features", "planes")),
     }
 
     def __init__(self, net, config, encoder):
@@ -120,18 +133,26 @@ class ForwardForward(AbstractRule):
         return [self.optimizer, self.readout_optimizer]
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """The input [T, B, n_in] of ``x`` with ``labels`` (None: the neutral label) in its first C features."""
-        return self.encoder(x, overlay=label_currents(labels, self.n_classes, self.options["label_scale"], x))
+        """The input [T, B, ...] of ``x`` with ``labels`` (None: the neutral label) written in (option ``label``)."""
+        return _labelled(self.options, x, labels, self.encoder, self.n_classes)
 
     @property
     def predicts_by_readout(self) -> bool:
         return self.options["predict"] == "readout"
 
     @classmethod
+    def input_shape(cls, options, sample_shape, n_classes):
+        """With ``--ff-label planes`` the network takes C more input channels than an image has."""
+        if cls.resolve_options(options)["label"] == "features":
+            return tuple(sample_shape)
+        if len(sample_shape) != 3:
+            raise SpikepropError(f"--ff-label planes adds label channels to an image; the samples have shape {tuple(sample_shape)}")
+        return (sample_shape[0] + n_classes, *sample_shape[1:])
+
+    @classmethod
     def deploy_input(cls, options, x, encoder, n_classes):
-        """The read-out path's input: ``x`` with the neutral label (``label_scale / C``) in the label features."""
-        scale = cls.resolve_options(options)["label_scale"]
-        return encoder(x, overlay=label_currents(None, n_classes, scale, x))
+        """The read-out path's input: ``x`` with the neutral label (``label_scale / C``) written in."""
+        return _labelled(cls.resolve_options(options), x, None, encoder, n_classes)
 
     def goodness(self, xin: torch.Tensor) -> Goodness:
         """Per layer, the goodness of ``xin`` [T, B, n_in] (module docstring) and the spike counts."""
