@@ -236,8 +236,8 @@ def _fingerprint(files: list[Path], settings: dict) -> str:
 
 
 def _read_cache(path: Path, n_bytes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
+    try:  # np.load of a path leaves the file open when the zip is damaged: open it here
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             frames, labels = z["frames"], z["labels"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
