@@ -8,6 +8,8 @@ reports were produced with these defaults.
 
 from __future__ import annotations
 
+from spikeprop import SpikepropError
+
 # Per dataset: the network and schedule, learning rates per rule, and rule options per rule.
 RECIPES: dict[str, dict] = {
     # 8x8 digits: a few minutes at most on 2 cores for any rule.
@@ -28,6 +30,21 @@ RECIPES: dict[str, dict] = {
 }
 RECIPES["mnist"] = RECIPES["fashion-mnist"]
 
+# Temporal datasets (spikeprop.data.TEMPORAL): fully-connected networks fed one step of the
+# dataset's own sequence per time step (recurrent recipes come with recurrent layers). T is the
+# dataset's: sequential Fashion-MNIST's rows (28; --sequence pixels: 784, derived by the CLI), an
+# event dataset's bins (--steps). These are smoke recipes (README: Temporal datasets), not tuned.
+_TEMPORAL_LR = {"default": 5e-4, "dfa": 2e-3, "f3": 2e-3, "ff": 1e-3, "shallow": 1e-2}
+RECIPES["sequential-fashion-mnist"] = {
+    "hidden": (1000,), "epochs": 20, "batch_size": 128, "dv": 0.15, "encoding": "sequence",
+    "lr": _TEMPORAL_LR, "rule_options": {"sigprop": {"readout_lr": 1e-3}, "pepita": {"F_scale": 0.5}},
+}
+_EVENTS = {"hidden": (256,), "epochs": 20, "batch_size": 64, "dv": 0.15, "encoding": "events", "lr": _TEMPORAL_LR,
+           "rule_options": {"sigprop": {"readout_lr": 1e-3}}}
+RECIPES["nmnist"] = {**_EVENTS, "steps": 15}  # 34x34x2 = 2312 inputs per step; ~300 ms recordings
+RECIPES["dvs-gesture"] = {**_EVENTS, "steps": 20, "downsample": 4, "batch_size": 32}  # 128x128x2 -> 32x32x2 = 2048
+RECIPES["shd"] = {**_EVENTS, "steps": 50}  # 700 channels; ~1 s recordings: 20 ms bins
+
 # Convolutional recipes: strided convolutions (Loihi runs them as they are; no pooling), then the
 # read-out. Each entry overrides its dataset's fully-connected recipe.
 CONV_RECIPES: dict[str, dict] = {
@@ -46,7 +63,10 @@ def recipe(dataset: str, rule: str, model: str = "fc") -> dict:
     r = RECIPES.get(dataset)
     if r is None:
         return {}
-    if model == "conv" and dataset in CONV_RECIPES:
+    if model == "conv" and dataset not in CONV_RECIPES:
+        raise SpikepropError(f"--model conv: {dataset} has no convolutional recipe (fully connected only; give --layers "
+                             "SPEC for your own stack)")
+    if model == "conv":
         conv = CONV_RECIPES[dataset]
         options = {rule_: {**r["rule_options"].get(rule_, {}), **conv.get("rule_options", {}).get(rule_, {})}
                    for rule_ in {*r["rule_options"], *conv.get("rule_options", {})}}

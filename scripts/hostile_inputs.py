@@ -76,7 +76,9 @@ def main() -> int:
             run = tmp / "run"
             shutil.copytree(base, run)
             argv = case.resolve(tmp, run)
-            proc = subprocess.run(command(argv), env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+            # binned event frames go to the case's folder, not the user's cache
+            proc = subprocess.run(command(argv), env={**env, "XDG_CACHE_HOME": str(tmp / "cache")}, capture_output=True,
+                                  text=True, cwd=ROOT, timeout=600)
             outcome = classify(proc.returncode, proc.stderr, case.phrase)
             counts[outcome] = counts.get(outcome, 0) + 1
             if outcome != "clean":

@@ -66,7 +66,7 @@ def _rule_flag(rule: str, key: str) -> str:
 
 
 def _add_train(sub) -> None:
-    from spikeprop.data import DATASETS
+    from spikeprop.data import DATASETS, SEQUENCES
     from spikeprop.encoders import ENCODINGS
     from spikeprop.neurons import NEURON_KINDS
     from spikeprop.quantize import QUANTIZERS
@@ -79,9 +79,20 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--rule", choices=sorted(RULES), help="learning rule (default: sigprop)")
     p.add_argument("--neurons", choices=NEURON_KINDS, help="lif: Lava LIF; if: Lava LIF with dv=0 (default: lif)")
-    p.add_argument("--dataset", choices=DATASETS, help="dataset (default: digits, embedded)")
-    p.add_argument("--data-dir", type=_path, help="directory holding the IDX files of fashion-mnist or mnist")
-    p.add_argument("--steps", type=int, help="time steps T per sample")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset (default: digits, embedded); temporal: "
+                   "sequential-fashion-mnist (rows or pixels as currents per step), nmnist, dvs-gesture, shd (event "
+                   "recordings binned into spike frames, read with tonic from --data-dir)")
+    p.add_argument("--data-dir", type=_path, help="directory holding the IDX files of fashion-mnist, mnist or "
+                   "sequential-fashion-mnist, or tonic's folders of an event dataset (DIR/NMNIST, DIR/DVSGesture, DIR/SHD; "
+                   "default ~/.cache/spikeprop)")
+    p.add_argument("--steps", type=int, help="time steps T per sample (an event dataset: its number of time bins; "
+                   "sequential-fashion-mnist: fixed by --sequence)")
+    p.add_argument("--sequence", choices=tuple(SEQUENCES), help="sequential-fashion-mnist: one row per step (T=28, "
+                   "the default) or one pixel per step (T=784)")
+    p.add_argument("--bin-us", type=int, metavar="US", help="event datasets: time bins of US microseconds from the "
+                   "recording's start, the first --steps of them (default: --steps bins spanning each recording)")
+    p.add_argument("--downsample", type=int, metavar="K", help="event datasets: divide the sensor's x and y by K "
+                   "(dvs-gesture's recipe: 4, 128x128 -> 32x32; default 1)")
     p.add_argument("--hidden", type=_hidden, help="fully-connected hidden layer sizes, e.g. 500,500")
     p.add_argument("--layers", metavar="SPEC", help="the hidden stack: comma-separated tokens, e.g. 16c5s2,32c3s2,256 "
                    "(256: a Dense layer of 256; 16c5s2: a 5x5 convolution to 16 channels, stride 2, padding 2; "
@@ -148,7 +159,7 @@ def _add_export(sub) -> None:
 
 
 def _add_import(sub) -> None:
-    from spikeprop.data import DATASETS
+    from spikeprop.data import STATIC_DATASETS
     from spikeprop.encoders import ENCODINGS
     from spikeprop.rules import RULES
 
@@ -158,7 +169,7 @@ def _add_import(sub) -> None:
                                    "recipe; the dataset defaults by input size (64: digits, 784: fashion-mnist).")
     p.add_argument("nir_file", metavar="FILE.nir", type=_path)
     p.add_argument("--out", required=True, type=_path, help="run directory to create")
-    p.add_argument("--dataset", choices=DATASETS, help="dataset the network classifies")
+    p.add_argument("--dataset", choices=STATIC_DATASETS, help="dataset the network classifies")
     p.add_argument("--data-dir", type=_path, help="directory holding the IDX files of fashion-mnist or mnist")
     p.add_argument("--steps", type=_positive_int, help="time steps T per sample")
     p.add_argument("--encoding", choices=ENCODINGS, help="input encoding (default: the graph's, else direct)")
@@ -194,6 +205,7 @@ def resolve_train_config(args: argparse.Namespace):
     """Defaults < dataset recipe < --config file < flags, as one frozen TrainConfig."""
     from models import recipe
     from spikeprop.config import FIELDS, TrainConfig, read_toml
+    from spikeprop.data import fixed_steps
     from spikeprop.validate import string
 
     flags = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
@@ -210,6 +222,7 @@ def resolve_train_config(args: argparse.Namespace):
     model = flags.get("model", toml.get("model", TrainConfig.model))
     try:  # the recipe is looked up by these three: check them before anything else
         string("rule", rule), string("dataset", dataset), string("model", model)
+        base = recipe(dataset, rule, model)
     except SpikepropError as e:
         raise SpikepropError(f"{source}: {e}") from None
     if "layers" in flags and "hidden" in flags:
@@ -219,11 +232,13 @@ def resolve_train_config(args: argparse.Namespace):
         raise SpikepropError(f"{names} belong(s) to --rule {other}, but the rule is {rule}")
     for other in set(tables) - {rule}:
         raise SpikepropError(f"{args.config}: table [{other}] holds options of --rule {other}, but the rule is {rule}")
-    base = recipe(dataset, rule, model)
     if "hidden" in flags or "hidden" in toml and "layers" not in flags:
         base.pop("layers", None)  # fully-connected sizes asked for: the recipe's stack does not apply
     options = {**base.pop("rule_options", {}), **tables.get(rule, {}), **flag_opts.get(rule, {})}
     values = {**base, **toml, **flags, "rule_options": options}
+    fixed = fixed_steps(dataset, values.get("sequence", TrainConfig.sequence))
+    if fixed is not None and "steps" not in values:
+        values["steps"] = fixed  # T is the dataset's (28 rows or 784 pixels); a different --steps is an error
     return TrainConfig.from_dict(values, source=source)
 
 

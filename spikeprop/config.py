@@ -29,8 +29,9 @@ from typing import Any
 import tomllib
 
 from spikeprop import SpikepropError
-from spikeprop.data import DATASETS
-from spikeprop.encoders import ENCODINGS
+from spikeprop.data import DATASETS, EVENT_DATASETS, SEQUENCES, TEMPORAL, fixed_steps
+from spikeprop.encoders import ENCODINGS, TEMPORAL_ENCODINGS
+from spikeprop.events import MAX_BIN_US
 from spikeprop.neurons import NEURON_KINDS, LIFParams
 from spikeprop.quantize import QUANTIZERS, representable_params
 from spikeprop.validate import POSITIVE, UNIT, Range, check, integer, string, type_name
@@ -44,6 +45,7 @@ MAX_LAYER = 2**24  # neurons per hidden layer (a Loihi 2 chip holds 2**20)
 MAX_LAYERS = 64
 MAX_SEED = 2**32 - 1  # a typo guard; spikeprop.seeds derives every sub-stream from it
 MAX_VTH = 1e6  # inputs are intensities in [0, 1]: a threshold this far above them never fires
+MAX_DOWNSAMPLE = 128  # the largest event sensor (DVS Gesture) is 128 pixels wide: K = 128 leaves one cell
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 # Per field: (what the value must be, the range of a number). hidden is checked on its own.
@@ -53,11 +55,13 @@ FIELD_SPECS: dict[str, tuple[type, Range | None]] = {
     "steps": (int, Range(1, MAX_STEPS)), "epochs": (int, Range(1, MAX_EPOCHS)),
     "batch_size": (int, Range(1, MAX_BATCH)), "seed": (int, Range(0, MAX_SEED)),
     "lr": (float, POSITIVE), "du": (float, UNIT), "dv": (float, UNIT), "vth": (float, Range(0.0, MAX_VTH, low_open=True)),
+    "sequence": (str, None), "downsample": (int, Range(1, MAX_DOWNSAMPLE)),
 }
-CHOICES = {"neurons": NEURON_KINDS, "dataset": DATASETS, "encoding": ENCODINGS, "quantize": QUANTIZERS}
+CHOICES = {"neurons": NEURON_KINDS, "dataset": DATASETS, "encoding": ENCODINGS, "quantize": QUANTIZERS,
+           "sequence": tuple(SEQUENCES)}
 MODELS = ("fc", "conv")  # the recipes a dataset has (models/): fully connected, convolutional
 # Fields added after the first run directories were written: a config.json without them has these.
-ADDED_FIELDS = {"layers": None, "model": "fc"}
+ADDED_FIELDS = {"layers": None, "model": "fc", "sequence": "rows", "bin_us": None, "downsample": 1}
 
 
 def _flag(name: str) -> str:
@@ -87,6 +91,12 @@ class TrainConfig:
     # fully-connected layers of ``hidden``. ``model`` names the recipe it came from.
     layers: str | None = None
     model: str = "fc"
+    # Temporal datasets (spikeprop.data): sequential-fashion-mnist by rows (T = 28) or pixels
+    # (T = 784); an event dataset's bin width in microseconds (None: T bins per recording) and
+    # spatial down-sampling factor.
+    sequence: str = "rows"
+    bin_us: int | None = None
+    downsample: int = 1
 
     def __post_init__(self) -> None:
         from spikeprop.rules import RULES
@@ -100,6 +110,9 @@ class TrainConfig:
         put("model", string("--model", self.model, MODELS))
         if self.data_dir is not None:
             put("data_dir", string("--data-dir", self.data_dir))
+        if self.bin_us is not None:
+            put("bin_us", integer("--bin-us", self.bin_us, Range(1, MAX_BIN_US)))
+        self._check_temporal()
         if self.rule not in RULES:
             raise SpikepropError(f"unknown rule '{self.rule}' (choose from: {', '.join(sorted(RULES))})")
         if not DEVICE_PATTERN.match(self.device):
@@ -110,6 +123,32 @@ class TrainConfig:
         if not isinstance(self.rule_options, dict):
             raise SpikepropError(f"rule_options must be a table of --{self.rule}-* options; got {type_name(self.rule_options)}")
         put("rule_options", RULES[self.rule].check_options(self.rule_options))
+
+    def _check_temporal(self) -> None:
+        """A temporal dataset feeds its own steps (one encoding, T its own); the static encodings repeat an image."""
+        wanted = TEMPORAL.get(self.dataset)
+        if wanted is None and self.encoding in TEMPORAL_ENCODINGS:
+            raise SpikepropError(f"--encoding {self.encoding} feeds a temporal dataset's own steps; {self.dataset} is "
+                                 f"static (use direct, rate or latency, or a temporal dataset: {', '.join(TEMPORAL)})")
+        if wanted is not None and self.encoding != wanted:
+            raise SpikepropError(f"--encoding {self.encoding}: {self.dataset} is a temporal dataset whose input is its "
+                                 f"own {'currents' if wanted == 'sequence' else 'spikes'} per step, never a repeated "
+                                 f"image; use --encoding {wanted} (its default)")
+        if self.sequence != "rows" and self.dataset != "sequential-fashion-mnist":
+            raise SpikepropError(f"--sequence applies to sequential-fashion-mnist, not {self.dataset}")
+        fixed = fixed_steps(self.dataset, self.sequence)
+        if fixed is not None and self.steps != fixed:
+            raise SpikepropError(f"--steps {self.steps}: sequential-fashion-mnist by {self.sequence} has T = {fixed} "
+                                 "(one row of 28 pixels per step, or one pixel with --sequence pixels); leave --steps out")
+        if self.dataset not in EVENT_DATASETS:
+            for name, default in (("bin_us", None), ("downsample", 1)):
+                if getattr(self, name) != default:
+                    raise SpikepropError(f"{_flag(name)} applies to the event datasets ({', '.join(EVENT_DATASETS)}), "
+                                         f"not {self.dataset}")
+
+    def data_options(self) -> dict:
+        """The keyword arguments of ``spikeprop.data.load`` beyond the name and directory."""
+        return {"sequence": self.sequence, "steps": self.steps, "bin_us": self.bin_us, "downsample": self.downsample}
 
     def lif_params(self) -> LIFParams:
         params = LIFParams.for_kind(self.neurons, du=self.du, dv=self.dv, vth=self.vth)

@@ -8,6 +8,16 @@
   installs Fashion-MNIST in /usr/share/datasets/fashion-mnist; the user cache is
   ``$XDG_CACHE_HOME/spikeprop/<name>`` (default ``~/.cache/spikeprop/<name>``).
 
+Temporal datasets (``TEMPORAL``: a sample is a sequence of T steps; ``Dataset.steps`` is T and
+``intensities`` gives [B, T, *frame], sample-major as stored; the ``sequence`` or ``events``
+encoding turns it time-major, ``spikeprop.encoders``):
+
+- ``sequential-fashion-mnist``: the Fashion-MNIST IDX files above, each image fed row by row
+  (``sequence="rows"``: T = 28 steps of the 28 pixels of a row) or pixel by pixel in raster order
+  (``"pixels"``: T = 784 steps of one pixel), the intensities as input currents.
+- ``nmnist``, ``dvs-gesture``, ``shd``: event recordings read with tonic from the user's files and
+  binned into T binary spike frames (``spikeprop.events``: layout, sources, binning, cache).
+
 Nothing is downloaded. A missing or corrupt file raises ``SpikepropError`` saying what to do.
 
 ``SPIKEPROP_HIDE_SYSTEM_DATA=1`` leaves /usr/share/datasets out of the default directories, so
@@ -17,6 +27,7 @@ test suite once that way, with an empty ``XDG_CACHE_HOME``).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -29,7 +40,12 @@ import torch
 
 from spikeprop import SpikepropError
 
-DATASETS = ("digits", "fashion-mnist", "mnist")
+STATIC_DATASETS = ("digits", "fashion-mnist", "mnist")
+EVENT_DATASETS = ("nmnist", "dvs-gesture", "shd")
+# A temporal dataset -> the one encoding that feeds its steps (spikeprop.encoders).
+TEMPORAL = {"sequential-fashion-mnist": "sequence", **{name: "events" for name in EVENT_DATASETS}}
+DATASETS = (*STATIC_DATASETS, *TEMPORAL)
+SEQUENCES = {"rows": 28, "pixels": 784}  # sequential-fashion-mnist: --sequence -> T
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -45,10 +61,12 @@ DIGITS_MAX = 16.0  # digits pixels are counts 0..16
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test arrays: images stored flat as uint8 or float [n, features], labels int64 [n].
+    """Train and test arrays: samples stored flat as uint8 or float [n, features], labels int64 [n].
 
-    shape: the shape of one sample (C, H, W) (digits 1x8x8, (Fashion-)MNIST 1x28x28);
-    ``intensities`` gives samples in it.
+    shape: the shape of one sample (C, H, W) (digits 1x8x8, (Fashion-)MNIST 1x28x28), or of one
+    step's frame for a temporal dataset; ``intensities`` gives samples in it.
+    steps: T of a temporal dataset (a stored row holds its T frames, step-major), None for images.
+    packed: the rows are ``np.packbits`` of 0/1 frames (event datasets: one bit per input per step).
     """
 
     name: str
@@ -59,18 +77,33 @@ class Dataset:
     n_classes: int
     scale: float  # divide the stored values by this to get intensities in [0, 1]
     shape: tuple[int, ...] | None = None
+    steps: int | None = None
+    packed: bool = False
 
     @property
     def n_features(self) -> int:
-        return int(self.train_x.shape[1])
+        """Inputs of the network: features of an image, or of one step's frame."""
+        return math.prod(self.shape) if self.shape is not None else int(self.train_x.shape[1])
+
+    @property
+    def temporal(self) -> bool:
+        return self.steps is not None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return self.shape if self.shape is not None else (self.n_features,)
 
     def intensities(self, x: torch.Tensor) -> torch.Tensor:
-        """Stored rows [B, features] -> intensities in [0, 1], [B, *sample_shape] (images keep their shape)."""
-        return (x.to(torch.float32) / self.scale).view(x.shape[0], *self.sample_shape)
+        """Stored rows [B, features] -> intensities in [0, 1], [B, *sample_shape] (images keep their
+        shape); a temporal dataset's [B, T, *sample_shape] (event frames: 0/1 spikes)."""
+        if self.packed:
+            from spikeprop.events import unpack
+
+            return unpack(x, self.steps, self.sample_shape)
+        values = x.to(torch.float32) / self.scale
+        if self.steps is not None:
+            return values.view(x.shape[0], self.steps, *self.sample_shape)
+        return values.view(x.shape[0], *self.sample_shape)
 
 
 SYSTEM_DATA = Path("/usr/share/datasets")
@@ -85,13 +118,46 @@ def default_dirs(name: str) -> list[Path]:
     return dirs
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load dataset ``name`` (one of DATASETS)."""
+def fixed_steps(name: str, sequence: object = "rows") -> int | None:
+    """T of a dataset whose steps are fixed by its data (sequential-fashion-mnist: 28 or 784), else None."""
+    if name == "sequential-fashion-mnist":
+        return SEQUENCES.get(sequence) if isinstance(sequence, str) else None
+    return None
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, sequence: str = "rows", steps: int | None = None,
+         bin_us: int | None = None, downsample: int = 1) -> Dataset:
+    """Load dataset ``name`` (one of DATASETS).
+
+    sequence: rows | pixels (sequential-fashion-mnist). steps, bin_us, downsample: an event
+    dataset's T, bin width in microseconds (None: T bins per recording) and spatial down-sampling
+    factor (``spikeprop.events``). Static datasets take none of them.
+    """
     if name == "digits":
         return _load_digits()
     if name in ("fashion-mnist", "mnist"):
         return _load_idx_dataset(name, data_dir)
+    if name == "sequential-fashion-mnist":
+        if sequence not in SEQUENCES:
+            raise SpikepropError(f"--sequence must be one of {', '.join(SEQUENCES)}; got {sequence!r}")
+        images = _load_idx_dataset("fashion-mnist", data_dir)
+        T = SEQUENCES[sequence]
+        return dataclasses.replace(images, name=name, shape=(784 // T,), steps=T)
+    if name in EVENT_DATASETS:
+        return _load_events(name, data_dir, steps, bin_us, downsample)
     raise SpikepropError(f"unknown dataset '{name}' (choose from: {', '.join(DATASETS)})")
+
+
+def _load_events(name: str, data_dir, steps: int | None, bin_us: int | None, downsample: int) -> Dataset:
+    from spikeprop import events
+
+    if steps is None:
+        raise SpikepropError(f"{name}: give the number of time bins T (--steps)")
+    splits = {split: events.load_split(name, data_dir, split, steps=steps, bin_us=bin_us, downsample=downsample)
+              for split in ("train", "test")}
+    (trx, trl, frame), (tex, tel, _) = splits["train"], splits["test"]
+    return Dataset(name, torch.from_numpy(trx), torch.from_numpy(trl), torch.from_numpy(tex), torch.from_numpy(tel),
+                   events.EVENT_SETS[name].n_classes, 1.0, frame, steps=steps, packed=True)
 
 
 def _load_digits() -> Dataset:

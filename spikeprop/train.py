@@ -168,7 +168,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, ove
     """
     run_dir = Path(run_dir)
     check_device(config.device)
-    ds = load(config.dataset, config.data_dir)
+    ds = load(config.dataset, config.data_dir, **config.data_options())
     net, rule, encoder = build(config, ds)
     with runs.RunLock(run_dir) as lock:
         if overwrite:
@@ -303,7 +303,7 @@ def load_network(run_dir: str | Path, device: str | None = None) -> tuple[TrainC
     config = read_config(run_dir, device)
     check_device(config.device)
     ckpt = runs.load_checkpoint(run_dir, map_location=config.device)
-    ds = load(config.dataset, config.data_dir)
+    ds = load(config.dataset, config.data_dir, **config.data_options())
     net = build_network(config, ds)
     restore_network(config, net, ckpt, run_dir)
     return config, ds, net
@@ -315,7 +315,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[TrainConfi
     config = read_config(run_dir, device)
     check_device(config.device)
     ckpt = runs.load_checkpoint(run_dir, map_location=config.device)
-    ds = load(config.dataset, config.data_dir)
+    ds = load(config.dataset, config.data_dir, **config.data_options())
     net, rule, encoder = build(config, ds)
     restore(config, net, rule, ckpt, run_dir)
     return config, ds, net, rule, encoder

@@ -466,3 +466,109 @@ for argv, phrase in [
 case("train --data-dir is a file", "train --dataset mnist --data-dir {file} --out {tmp}/x", "not a directory", toml("x"))
 case("train: mnist without files", "train --dataset mnist --data-dir {tmp} --out {tmp}/x", "not found")
 case("import: missing file", "import {tmp}/none.nir --out {tmp}/imp", "does not exist")
+
+
+# --- temporal datasets: sequential Fashion-MNIST and event files (spikeprop.events) -------------------
+for flag, values, phrase in [
+    ("--bin-us", ["0", "-5", "1000000000000"], "--bin-us"),
+    ("--downsample", ["0", "-1", "1000"], "--downsample"),
+]:
+    for v in values:
+        case(f"train --dataset nmnist {flag} {v}", f"train --dataset nmnist {flag} {v} {OUT}", phrase)
+for argv, phrase in [
+    ("train --sequence diagonal", "--sequence"), ("train --bin-us 1e3", "--bin-us"), ("train --bin-us nan", "--bin-us"),
+    ("train --downsample 2.5", "--downsample"), ("train --dataset events", "--dataset"),
+]:
+    case(f"argv: {argv}", argv, phrase)
+for argv, phrase in [
+    ("--dataset sequential-fashion-mnist --steps 10", "leave --steps out"),
+    ("--dataset sequential-fashion-mnist --sequence pixels --steps 28", "T = 784"),
+    ("--dataset sequential-fashion-mnist --encoding direct", "never a repeated image"),
+    ("--dataset nmnist --encoding rate", "--encoding events"), ("--dataset shd --encoding sequence", "--encoding events"),
+    ("--dataset digits --encoding sequence", "static"), ("--dataset fashion-mnist --encoding events", "static"),
+    ("--dataset digits --sequence pixels", "--sequence applies"), ("--dataset mnist --bin-us 1000", "--bin-us applies"),
+    ("--dataset sequential-fashion-mnist --downsample 2", "--downsample applies"),
+    ("--dataset shd --model conv", "no convolutional recipe"), ("--dataset dvs-gesture --model conv", "no convolutional"),
+    ("--dataset nmnist --data-dir {tmp}", "Nothing is downloaded"), ("--dataset shd --data-dir {tmp}", "zenkelab.org"),
+    ("--dataset dvs-gesture --data-dir {tmp}", "figshare.com"), ("--dataset nmnist --data-dir {tmp}/none", "not a directory"),
+]:
+    case(f"train {argv}", f"train {argv} {OUT}", phrase)
+for text, phrase in [
+    ('dataset = "sequential-fashion-mnist"\nsequence = 5', "--sequence"),
+    ('dataset = "sequential-fashion-mnist"\nsequence = "spiral"', "--sequence"),
+    ('dataset = "sequential-fashion-mnist"\nsequence = ""', "--sequence"),
+    ('dataset = "nmnist"\nbin_us = 1.5', "--bin-us"), ('dataset = "nmnist"\nbin_us = nan', "--bin-us"),
+    ('dataset = "nmnist"\nbin_us = true', "--bin-us"), ('dataset = "nmnist"\nbin_us = "1000"', "--bin-us"),
+    ('dataset = "nmnist"\nbin_us = 0', "--bin-us"), ('dataset = "nmnist"\nbin_us = 1e12', "--bin-us"),
+    ('dataset = "dvs-gesture"\ndownsample = 2.5', "--downsample"), ('dataset = "dvs-gesture"\ndownsample = 0', "--downsample"),
+    ('dataset = "dvs-gesture"\ndownsample = inf', "--downsample"), ('dataset = "shd"\ndownsample = 100000', "--downsample"),
+    ('dataset = "nmnist"\nsteps = 0', "--steps"), ('dataset = "nmnist"\nencoding = "direct"', "--encoding events"),
+]:
+    case(f"toml {text!r}", "train --config {file} --out {tmp}/new --no-progress", phrase, toml(text))
+for name, change, phrase in [
+    ("sequence 5", _set(sequence=5), "--sequence"), ("bin_us -1", _set(bin_us=-1), "--bin-us"),
+    ("downsample 0", _set(downsample=0), "--downsample"), ("encoding events on digits", _set(encoding="events"), "static"),
+    ("bin_us on digits", _set(bin_us=1000), "--bin-us applies"),
+    ("dataset nmnist, files missing", _set(dataset="nmnist", encoding="events", data_dir="/nonexistent"), "not a directory"),
+]:
+    case(f"evaluate: config.json {name}", "evaluate {run}", phrase, edit_config(change))
+
+
+def event_files(name: str, damage: Callable[[Path], None]):
+    """Small generated files of event dataset ``name`` under {file}, then ``damage(root / tonic folder)``."""
+    def setup(tmp: Path, run: Path) -> Path:
+        from spikeprop.events import EVENT_SETS
+        from tests.eventfiles import MAKERS
+
+        root = MAKERS[name](tmp / "events")
+        damage(root / EVENT_SETS[name].tonic_class)
+        return root
+
+    return setup
+
+
+def _truncate(pattern: str, keep: int):
+    def damage(folder: Path) -> None:
+        path = sorted(folder.glob(pattern))[0]
+        path.write_bytes(path.read_bytes()[:keep])
+
+    return damage
+
+
+def _nmnist_off_sensor(folder: Path) -> None:
+    from tonic.datasets import NMNIST
+    from tonic.io import make_structured_array
+
+    from spikeprop.events import write_nmnist_bin
+
+    write_nmnist_bin(folder / "Train" / "0" / "00000.bin", make_structured_array([40], [3], [10], [1], dtype=NMNIST.dtype))
+
+
+def _shd_label_99(folder: Path) -> None:
+    import h5py
+
+    with h5py.File(folder / "shd_train.h5", "r+") as f:
+        f["labels"][0] = 99
+
+
+def _empty_split(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder / "Test")
+    (folder / "Test" / "0").mkdir(parents=True)
+
+
+EVENT_CASES = [
+    ("nmnist", "a .bin truncated mid-record", _truncate("Train/*/*.bin", 7), "corrupt or truncated"),
+    ("nmnist", "an event off the 34x34 sensor", _nmnist_off_sensor, "outside the sensor"),
+    ("nmnist", "no Test recordings", _empty_split, "holds no */*.bin"),
+    ("dvs-gesture", "an .npy truncated", _truncate("ibmGestureTrain/*/*.npy", 60), "corrupt or truncated"),
+    ("shd", "the train .h5 truncated", _truncate("shd_train.h5", 900), "corrupt or truncated"),
+    ("shd", "the test .h5 empty", _truncate("shd_test.h5", 0), "corrupt or truncated"),
+    ("shd", "a label of 99", _shd_label_99, "labels span"),
+]
+for name, what, damage, phrase in EVENT_CASES:
+    case(f"event files: {name} {what}", f"train --dataset {name} --data-dir {{file}} --steps 4 --hidden 8 --epochs 1 {OUT}",
+         phrase, event_files(name, damage))
+case("sequential-fashion-mnist --rule ff", "train --dataset sequential-fashion-mnist --rule ff --data-dir {file} "
+     + " ".join(RUN_ARGS[:2] + RUN_ARGS[4:]) + " --out {tmp}/x", "every step", idx_set(lambda d: None))

@@ -1,8 +1,10 @@
 """Forward-Forward (Hinton 2022) with goodness on the membrane potential of each LIF layer.
 
-The label is written into the first C input features (one-hot at ``label_scale``). Positive data
-carries the true label, negative data the same image with a wrong label (never the true one):
-``--ff-negatives uniform`` draws it uniformly from the C - 1 others (loeweX), ``hard`` in proportion
+The label is written into the first C input features (one-hot at ``label_scale``); for an event
+dataset, into the first C inputs of every step's frame (a corner of the sensor; SHD: the first C
+channels), as spikes at every step. Sequential Fashion-MNIST is refused: its step is one image row.
+Positive data carries the true label, negative data the same image with a wrong label (never the
+true one): ``--ff-negatives uniform`` draws it uniformly from the C - 1 others (loeweX), ``hard`` in proportion
 to the read-out's softmax over the wrong labels on this batch's neutral-label pass (Hinton's hard
 negatives; he used the network's predicted probabilities; the read-out is the one-pass predictor
 that is already computed on every batch, so hard negatives cost nothing). Each layer's goodness is
@@ -126,6 +128,11 @@ class ForwardForward(AbstractRule):
         if net.sizes[0] <= self.n_classes:
             raise SpikepropError(f"--rule ff writes the label into the first {self.n_classes} inputs; "
                                  f"the data has only {net.sizes[0]}")
+        if encoder.kind == "sequence":
+            raise SpikepropError(f"--rule ff writes the label into the first {self.n_classes} inputs of every step; a step of "
+                                 "sequential-fashion-mnist is one image row (or pixel), so the label would hide image "
+                                 "columns 0-9 of every row. Use an event dataset (its first inputs are a sensor corner) "
+                                 "or a static one")
         self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 

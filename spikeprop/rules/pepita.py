@@ -38,7 +38,10 @@ or ``second``: ``e_err^T r_L_err``); that is not a gradient, and on Fashion-MNIS
 one epoch, 16 % after eight), so the default is pass 1's true gradient.
 With ``direct`` encoding pass 2's input is the current ``x - F e`` unclipped; with a spike
 encoding the encoder's generator is rewound so that both passes draw the same random numbers
-and ``x - F e`` is clipped to [0, 1].
+and ``x - F e`` is clipped to [0, 1]. A temporal dataset (``sequence`` or ``events`` encoding)
+gets the same modulation at every step: pass 2's input at step t is the current ``x[t] - F e``
+(``F`` maps to one step's frame), for event spikes too: pass 2 is never deployed, and spikes of
+``x[t] - F e`` would round the small modulation away.
 
 Weight mirroring (``--pepita-wm on``, Srinivasan et al.): ``F = B_1 B_2 ... B_{L+1}`` with ``B_l``
 [n_{l-1}, n_l] (the last maps the read-out). Before every update each ``B_l`` takes one mirroring
@@ -144,8 +147,11 @@ class PEPITA(AbstractRule):
 
     def modulated_input(self, x: torch.Tensor, Fe: torch.Tensor, xin: torch.Tensor,
                         encoder_state: torch.Tensor | None) -> torch.Tensor:
-        """Pass 2's input for ``x - F e``: the unclipped current under direct encoding, else the encoder's
-        spikes of ``x - F e`` drawn with the same random numbers as pass 1 (the generator rewound)."""
+        """Pass 2's input for ``x - F e``: the unclipped current under direct encoding and for a temporal
+        dataset (at every step), else the encoder's spikes of ``x - F e`` drawn with the same random
+        numbers as pass 1 (the generator rewound)."""
+        if self.encoder.temporal:  # x [B, T, *frame]: F e is one frame, subtracted at every step
+            return (x - Fe.view(x.shape[0], 1, *x.shape[2:])).transpose(0, 1)
         Fe = Fe.view(x.shape)  # F maps to the flattened input: an image gets its own shape back
         if not self.encoder.binary:
             return (x - Fe).unsqueeze(0).expand(xin.shape[0], *x.shape)
