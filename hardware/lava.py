@@ -113,6 +113,9 @@ def floating_pt_network(net, steps: int, *, graded_input: bool, input_bits: int 
     non-spiking integrator (du = 1, dv = 0, an unreachable threshold) whose v after T steps is
     T·logits. graded_input, input_bits: how the source sends the input (graded values need
     message bits on the first Dense; binary spikes none)."""
+    if len(net.recurrent):
+        raise SpikepropError("recurrent layers cannot run on Lava yet (their W_rec would be dropped)")
+
     def f64(t) -> np.ndarray:
         return t.detach().cpu().double().numpy()
 

@@ -323,6 +323,8 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
     fit Loihi 2: ``check_fit`` says what does not. ``calibration``: ``calibrate(deployed(net),
     calibration_x)`` when the caller has it already (it is computed once per deployment).
     """
+    if len(net.recurrent):
+        raise SpikepropError("recurrent layers cannot be quantized for Loihi yet (their W_rec would be dropped)")
     if not graded_input:
         input_scale = 1.0
     cal = calibration if calibration is not None else calibrate(deployed(net), calibration_x)

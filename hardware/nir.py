@@ -168,6 +168,8 @@ def _metadata(dt: float, steps: int | None, extra: dict | None) -> dict:
 
 def to_nir(net: Network, *, dt: float = DEFAULT_DT, steps: int | None = None, metadata: dict | None = None):
     """The NIR graph of ``net`` (module docstring: node types, parameters, conventions)."""
+    if len(net.recurrent):
+        raise SpikepropError("recurrent layers cannot be exported to NIR yet (their W_rec would be dropped)")
     nir = _nir()
     nodes: dict = {"input": nir.Input(input_type={"input": np.array([net.sizes[0]])})}
     order = ["input"]

@@ -10,6 +10,8 @@ With the input spikes of a layer and its own spikes and reset amounts held const
 so a local loss on the time-mean voltage ``z = mean_t v[t]`` (pre-reset) has the exact gradient
 ``dL/dW = (dL/dz)^T mean_t eps_v[t]``. ``MembraneTraces`` accumulates ``z`` and ``mean_t eps``
 as an observer of ``network.simulate``: its memory is O(B * fan_in) per layer, independent of T.
+A recurrent layer's ``W_rec`` gets the same recursion with the layer's own spikes of the previous
+step as its input (spikes are constants: no gradient passes through them).
 
 When the first layer's input is the same at every step (direct encoding, sigprop's target
 stream), its trace is that input times a scalar that follows the same recursion with input 1,
@@ -48,9 +50,17 @@ class MembraneTraces:
         self._z_sum: list[torch.Tensor | None] = [None] * n
         self._eb = [0.0] * n
         self._eb_sum = [0.0] * n
+        # recurrent layers: the trace of the layer's own spikes of the previous step (its W_rec input)
+        self.recurrent = [net.recurrent_weight(layer) is not None for layer in range(n)]
+        self._last_s: list[torch.Tensor | None] = [None] * n
+        self._ru: list[torch.Tensor | None] = [None] * n
+        self._rv: list[torch.Tensor | None] = [None] * n
+        self._r_sum: list[torch.Tensor | None] = [None] * n
 
     def __call__(self, layer: int, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
         p = self.params[layer]
+        if self.recurrent[layer]:
+            self._recurrent_step(layer, t, step)
         s_in = s_in.detach()
         if layer == 0 and self.constant_input:
             self._constant_input_step(t, s_in, step)
@@ -73,6 +83,20 @@ class MembraneTraces:
         self._ev[layer] = ev
         if layer == 0:
             self.steps = t + 1
+
+    def _recurrent_step(self, layer: int, t: int, step: LIFStep) -> None:
+        """The eligibility recursion for the W_rec input ``s_self[t - 1]`` (zero at t = 0)."""
+        p = self.params[layer]
+        s_prev = self._last_s[layer] if t > 0 else torch.zeros_like(step.s.detach())
+        if t == 0:
+            self._ru[layer] = s_prev
+            self._rv[layer] = s_prev
+            self._r_sum[layer] = s_prev.clone()
+        else:
+            self._ru[layer] = s_prev if p.du == 1.0 else self._ru[layer] * (1.0 - p.du) + s_prev
+            self._rv[layer] = self._rv[layer] * (1.0 - p.dv) + self._ru[layer]
+            self._r_sum[layer] += self._rv[layer]
+        self._last_s[layer] = step.s.detach()
 
     def _constant_input_step(self, t: int, s_in: torch.Tensor, step: LIFStep) -> None:
         p = self.params[0]
@@ -107,6 +131,10 @@ class MembraneTraces:
     def bias_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
         """``dL/dbias`` (the bias shape) given ``dz = dL/dz`` [B, *out_shape]."""
         return self.bias_synapses[layer].bias_grad(dz) * (self._eb_sum[layer] / self.steps)
+
+    def recurrent_grad(self, layer: int, dz: torch.Tensor) -> torch.Tensor:
+        """``dL/dW_rec`` [n, n] of a recurrent layer given ``dz`` [B, n]: ``dz^T mean_t eps_rec``."""
+        return dz.t() @ (self._r_sum[layer] / self.steps)
 
 
 class CurrentTraces(MembraneTraces):

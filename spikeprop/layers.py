@@ -22,6 +22,7 @@ Stack syntax (``--layers``): comma-separated layer tokens, the input shape comin
 dataset::
 
     256            a Dense layer of 256 LIF neurons
+    256r           the same with recurrent connections (its own spikes of the previous step)
     16c3           a 3x3 convolution to 16 channels, stride 1, padding 1 ("same")
     32c3s2         stride 2 (the only down-sampling: strided convolutions, which Loihi runs as is)
     32c5s2p0       kernel 5, stride 2, padding 0
@@ -51,11 +52,15 @@ class Dense:
 
     shape: the shape of the population it feeds when that is not ``(n_out,)`` (sigprop's label
     projection into a convolutional layer): the output is reshaped to it.
+    recurrent: the population also receives its own spikes of the previous step through a second
+    Dense ``W_rec`` [n_out, n_out] (a Lava Dense from the LIF's ``s_out`` back to its ``a_in``: one
+    step of delay), ``a[t] = W s[t] + W_rec s_self[t - 1]``, with ``s_self[-1] = 0``.
     """
 
     in_shape: Shape
     n_out: int
     shape: Shape | None = None
+    recurrent: bool = False
     kind = "dense"
 
     @property
@@ -106,7 +111,7 @@ class Dense:
         return b
 
     def token(self) -> str:
-        return str(self.n_out)
+        return f"{self.n_out}{'r' if self.recurrent else ''}"
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,8 @@ class Conv2d:
 Synapse = Dense | Conv2d
 SYNAPSES = {"dense": Dense, "conv2d": Conv2d}
 
-_TOKEN = re.compile(r"^(?P<n>\d+)(?:c(?P<k>\d+)(?:x(?P<k2>\d+))?(?:s(?P<s>\d+)(?:x(?P<s2>\d+))?)?(?:p(?P<p>\d+)(?:x(?P<p2>\d+))?)?)?$")
+_TOKEN = re.compile(r"^(?P<n>\d+)(?P<r>r)?"  # channels or neurons, recurrent
+                    r"(?:c(?P<k>\d+)(?:x(?P<k2>\d+))?(?:s(?P<s>\d+)(?:x(?P<s2>\d+))?)?(?:p(?P<p>\d+)(?:x(?P<p2>\d+))?)?)?$")
 
 
 def parse_layers(spec: str, in_shape: Shape) -> tuple[Synapse, ...]:
@@ -226,8 +232,10 @@ def parse_layers(spec: str, in_shape: Shape) -> tuple[Synapse, ...]:
         if n < 1:
             raise SpikepropError(f"--layers: {token!r} needs at least one neuron or channel")
         if m["k"] is None:
-            out.append(Dense(shape, n))
+            out.append(Dense(shape, n, recurrent=m["r"] is not None))
         else:
+            if m["r"] is not None:
+                raise SpikepropError(f"--layers: {token!r}: recurrent connections are for Dense layers (e.g. 256r)")
             if len(shape) != 3:
                 raise SpikepropError(f"--layers: {token!r} is a convolution after a Dense layer (its input has shape "
                                      f"{shape}); convolutions come first")
@@ -251,7 +259,7 @@ def describe(synapses: tuple[Synapse, ...]) -> str:
 
 def to_dict(s: Synapse) -> dict:
     if isinstance(s, Dense):
-        return {"kind": s.kind, "in_shape": list(s.in_shape), "n_out": s.n_out}
+        return {"kind": s.kind, "in_shape": list(s.in_shape), "n_out": s.n_out, "recurrent": s.recurrent}
     return {"kind": s.kind, "in_shape": list(s.in_shape), "out_channels": s.out_channels, "kernel": list(s.kernel),
             "stride": list(s.stride), "padding": list(s.padding)}
 
@@ -259,7 +267,7 @@ def to_dict(s: Synapse) -> dict:
 def from_dict(d: dict) -> Synapse:
     kind = d.get("kind")
     if kind == "dense":
-        return Dense(tuple(d["in_shape"]), int(d["n_out"]))
+        return Dense(tuple(d["in_shape"]), int(d["n_out"]), recurrent=bool(d.get("recurrent", False)))
     if kind == "conv2d":
         return Conv2d(tuple(d["in_shape"]), int(d["out_channels"]), tuple(d["kernel"]), tuple(d["stride"]),
                       tuple(d["padding"]))

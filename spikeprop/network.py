@@ -91,11 +91,25 @@ class Network(nn.Module):
         for syn in synapses:
             self.weights.append(nn.Parameter(_uniform(syn.weight_shape, gain / math.sqrt(syn.fan_in), generator)))
             self.biases.append(nn.Parameter(torch.zeros(syn.bias_shape)))
+        # W_rec of the recurrent layers (keyed by the layer's index), uniform in ±gain/sqrt(n)
+        self.recurrent = nn.ParameterDict()
+        for layer, syn in enumerate(synapses):
+            if getattr(syn, "recurrent", False):
+                n = syn.n_out
+                self.recurrent[str(layer)] = nn.Parameter(_uniform((n, n), gain / math.sqrt(n), generator))
         self.readout = nn.Linear(self.sizes[-2], self.sizes[-1])
         with torch.no_grad():
             bound = 1.0 / math.sqrt(self.sizes[-2])
             self.readout.weight.copy_(_uniform(self.readout.weight.shape, bound, generator))
             self.readout.bias.zero_()
+
+    def recurrent_weight(self, layer: int) -> torch.Tensor | None:
+        """``W_rec`` [n, n] of hidden layer ``layer`` (None: not recurrent)."""
+        return self.recurrent[str(layer)] if str(layer) in self.recurrent else None
+
+    def hidden_parameters(self) -> list[nn.Parameter]:
+        """Everything of the hidden layers a rule trains: weights, biases, recurrent weights."""
+        return [*self.weights, *self.biases, *self.recurrent.values()]
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -117,7 +131,7 @@ class Network(nn.Module):
     def describe(self) -> dict:
         """Plain values that rebuild this architecture (see ``from_description``)."""
         d = {"sizes": list(self.sizes), "params": [{"du": p.du, "dv": p.dv, "vth": p.vth} for p in self.params]}
-        if self.convolutional or len(self.in_shape) > 1:
+        if self.convolutional or len(self.in_shape) > 1 or len(self.recurrent):
             d["in_shape"], d["layers"] = list(self.in_shape), describe(self.synapses)
         return d
 
@@ -166,6 +180,8 @@ def simulate(
 
     first_layer: (synapse, weight) that replace the first synapse (sigprop's label projection
     ``S_1``: its input is the label stream's, its output the first layer's shape).
+    A recurrent layer adds ``W_rec s_self[t - 1]`` to its current (nothing at t = 0: every sample
+    starts from zero state, its own spikes included).
     observer: called as ``observer(l, t, layer_input, step)`` after each LIF step.
     """
     if x.dim() < 3:
@@ -181,7 +197,10 @@ def simulate(
     if tuple(x.shape[2:]) != tuple(in_shape):
         x = x.reshape(T, B, *in_shape)  # a view (a stride-0 time axis stays one)
     biases = [syn.expand_bias(b) for syn, b in zip(net.synapses, net.biases)]
+    rec = [net.recurrent_weight(layer) for layer in range(net.n_layers)]
+    rec = [None if w is None else net.effective_weight(w) for w in rec]
     states = [LIFState.zeros(B, syn.out_shape, device=x.device, dtype=x.dtype) for syn in net.synapses]
+    last = [None] * net.n_layers  # a recurrent layer's spikes of the previous step (none before t = 0)
     counts = [torch.zeros(B, *syn.out_shape, device=x.device, dtype=x.dtype) for syn in net.synapses]
     rec_s: list[list[torch.Tensor]] = [[] for _ in weights]
     rec_v: list[list[torch.Tensor]] = [[] for _ in weights]
@@ -192,7 +211,11 @@ def simulate(
         s = x[t]
         for layer, (syn, w, bias, params) in enumerate(zip(synapses, weights, biases, net.params)):
             a = a_first if layer == 0 and a_first is not None else syn.current(s, w)
+            if rec[layer] is not None and last[layer] is not None:
+                a = a + F.linear(last[layer], rec[layer])  # W_rec s_self[t - 1]: Lava's recurrent Dense delay
             step = lif_step(a, states[layer], params, bias, spike_fn, reset_grad)
+            if rec[layer] is not None:
+                last[layer] = step.s
             if observer is not None:
                 observer(layer, t, s, step)
             states[layer] = step.state

@@ -60,7 +60,7 @@ class FeedbackRule(AbstractRule):
         n_classes = net.sizes[-1]
         like = net.readout.weight  # fixed matrices share the network's device and dtype
         self.B = [feedback_matrix(n_classes, n, self.options["init"], self.generator).to(like) for n in net.sizes[1:-1]]
-        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=self.lr)
+        self.optimizer = torch.optim.Adam(net.hidden_parameters(), lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
     def optimizers(self):

@@ -133,7 +133,7 @@ class ForwardForward(AbstractRule):
                                  "sequential-fashion-mnist is one image row (or pixel), so the label would hide image "
                                  "columns 0-9 of every row. Use an event dataset (its first inputs are a sensor corner) "
                                  "or a static one")
-        self.optimizer = torch.optim.Adam([*net.weights, *net.biases], lr=self.lr)
+        self.optimizer = torch.optim.Adam(net.hidden_parameters(), lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
     def optimizers(self):
@@ -208,7 +208,7 @@ class ForwardForward(AbstractRule):
             if good.traces is not None:
                 apply_signals(net, good.traces, torch.autograd.grad(total, good.z))
             else:
-                hidden = [*net.weights, *net.biases]
+                hidden = net.hidden_parameters()
                 for p, g in zip(hidden, torch.autograd.grad(total, hidden)):
                     p.grad = g
         readout_loss, logits = readout_gradients(net, res0.counts[-1].flatten(1) / xin0.shape[0], y)

@@ -91,3 +91,6 @@ def apply_signals(net, traces: MembraneTraces, signals: Sequence[torch.Tensor | 
         _put(w, traces.weight_grad(layer, dz), add)
         if bias:
             _put(net.biases[layer], traces.bias_grad(layer, dz), add)
+        w_rec = net.recurrent_weight(layer)
+        if w_rec is not None:
+            _put(w_rec, traces.recurrent_grad(layer, dz), add)

@@ -111,10 +111,10 @@ class PEPITA(AbstractRule):
             self.B = [((torch.rand(n_in, n_classes, generator=self.generator) * 2 - 1) * bound).to(like)]
         self.steps = 0
         if self.options["optimizer"] == "sgd":
-            self.optimizer = torch.optim.SGD(list(net.weights), lr=self.lr, momentum=self.options["momentum"],
+            self.optimizer = torch.optim.SGD([*net.weights, *net.recurrent.values()], lr=self.lr, momentum=self.options["momentum"],
                                              weight_decay=self.options["wd"])
         else:
-            self.optimizer = torch.optim.Adam(list(net.weights), lr=self.lr, weight_decay=self.options["wd"])
+            self.optimizer = torch.optim.Adam([*net.weights, *net.recurrent.values()], lr=self.lr, weight_decay=self.options["wd"])
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
     def optimizers(self):

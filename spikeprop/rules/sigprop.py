@@ -76,7 +76,7 @@ class SigProp(AbstractRule):
         self.S1_synapse = Dense((n_classes,), net.sizes[1], shape=net.synapses[0].out_shape)
         s1 = (torch.rand(net.sizes[1], n_classes, generator=self.generator) * 2 - 1) * bound
         self.S1 = torch.nn.Parameter(s1.to(net.weights[0].device))
-        self.optimizer = torch.optim.Adam([*net.weights, *net.biases, self.S1], lr=self.lr)
+        self.optimizer = torch.optim.Adam([*net.hidden_parameters(), self.S1], lr=self.lr)
         self.readout_optimizer = torch.optim.Adam(net.readout.parameters(), lr=self.options["readout_lr"])
 
     def optimizers(self):
