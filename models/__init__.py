@@ -56,18 +56,32 @@ CONV_RECIPES: dict[str, dict] = {
 }
 CONV_RECIPES["mnist"] = CONV_RECIPES["fashion-mnist"]
 
+# Recurrent recipes: Dense layers with recurrent connections (``256r``), for data in time.
+REC_RECIPES: dict[str, dict] = {
+    # digits as an image (T steps of the same currents): small enough for CI to train, verify and export.
+    "digits": {"layers": "64r", "steps": 8, "epochs": 30, "batch_size": 32, "lr": {"default": 2e-3, "shallow": 1e-2}},
+    # one image row per step (T = 28): the recurrent layer carries what earlier rows showed.
+    "sequential-fashion-mnist": {"layers": "256r", "epochs": 20, "batch_size": 128,
+                                 "lr": {"default": 1e-3, "shallow": 1e-2}},
+}
+
+# --model NAME: the recipes that override a dataset's fully-connected one.
+MODEL_RECIPES = {"conv": CONV_RECIPES, "rec": REC_RECIPES}
+
 
 def recipe(dataset: str, rule: str, model: str = "fc") -> dict:
-    """Flat config values for ``dataset`` trained with ``rule`` as ``model`` ('fc' or 'conv'; an unknown
-    dataset gives {})."""
+    """Flat config values for ``dataset`` trained with ``rule`` as ``model`` ('fc', 'conv' or 'rec'; an
+    unknown dataset gives {})."""
     r = RECIPES.get(dataset)
     if r is None:
         return {}
-    if model == "conv" and dataset not in CONV_RECIPES:
-        raise SpikepropError(f"--model conv: {dataset} has no convolutional recipe (fully connected only; give --layers "
+    if model != "fc" and dataset not in MODEL_RECIPES.get(model, {}):
+        which = "convolutional" if model == "conv" else "recurrent" if model == "rec" else repr(model)
+        have = ", ".join(sorted(MODEL_RECIPES.get(model, {}))) or "no dataset"
+        raise SpikepropError(f"--model {model}: {dataset} has no {which} recipe (recipes for {have}; give --layers "
                              "SPEC for your own stack)")
-    if model == "conv":
-        conv = CONV_RECIPES[dataset]
+    if model != "fc":
+        conv = MODEL_RECIPES[model][dataset]
         options = {rule_: {**r["rule_options"].get(rule_, {}), **conv.get("rule_options", {}).get(rule_, {})}
                    for rule_ in {*r["rule_options"], *conv.get("rule_options", {})}}
         r = {**r, **conv, "rule_options": options}

@@ -97,8 +97,8 @@ def _add_train(sub) -> None:
     p.add_argument("--layers", metavar="SPEC", help="the hidden stack: comma-separated tokens, e.g. 16c5s2,32c3s2,256 "
                    "(256: a Dense layer of 256; 16c5s2: a 5x5 convolution to 16 channels, stride 2, padding 2; "
                    "32c3p0: padding 0; a Dense after a convolution flattens it). Overrides --hidden")
-    p.add_argument("--model", choices=("fc", "conv"), help="the dataset's recipe: fc (fully connected, the default) or "
-                   "conv (convolutional; models/)")
+    p.add_argument("--model", choices=("fc", "conv", "rec"), help="the dataset's recipe: fc (fully connected, the "
+                   "default), conv (convolutional) or rec (recurrent); models/")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--lr", type=float, help="learning rate of the network's weights (Adam)")

@@ -59,7 +59,7 @@ FIELD_SPECS: dict[str, tuple[type, Range | None]] = {
 }
 CHOICES = {"neurons": NEURON_KINDS, "dataset": DATASETS, "encoding": ENCODINGS, "quantize": QUANTIZERS,
            "sequence": tuple(SEQUENCES)}
-MODELS = ("fc", "conv")  # the recipes a dataset has (models/): fully connected, convolutional
+MODELS = ("fc", "conv", "rec")  # the recipes a dataset may have (models/): fully connected, convolutional, recurrent
 # Fields added after the first run directories were written: a config.json without them has these.
 ADDED_FIELDS = {"layers": None, "model": "fc", "sequence": "rows", "bin_us": None, "downsample": 1}
 
