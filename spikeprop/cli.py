@@ -278,8 +278,8 @@ def _train_target(args: argparse.Namespace, world_size: int):
                  if v not in (None, False) and k not in ("resume", "epochs", "device", "command", "func", "no_progress",
                                                          "nproc", "dist_timeout", "argv")]
         if given:
-            raise SpikepropError(f"--resume continues {run_dir} with its own settings; only --epochs, --device, --nproc "
-                                 f"and --dist-timeout may change (got: "
+            raise SpikepropError(f"--resume continues {run_dir} with its own settings; only --epochs and --device "
+                                 f"may change, and --nproc and --dist-timeout (got: "
                                  f"{', '.join('--' + g.replace('_', '-').replace('opt--', '') for g in given)})")
         raw = read_json(run_dir / CONFIG)
         if isinstance(raw, dict):
