@@ -8,3 +8,11 @@ class SpikepropError(Exception):
 
     The CLI prints its message on one line and exits non-zero instead of showing a traceback.
     """
+
+
+class PeerError(SpikepropError):
+    """Data-parallel training: an error another rank reported and printed; this rank ends quietly
+    with ``PEER_EXIT`` (``spikeprop.distributed``)."""
+
+
+PEER_EXIT = 3  # the status of a data-parallel worker that stops because another one failed

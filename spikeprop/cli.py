@@ -8,12 +8,13 @@ argparse.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import sys
 import time
 from pathlib import Path
 
-from spikeprop import SpikepropError
+from spikeprop import PEER_EXIT, PeerError, SpikepropError
 
 # The heavy modules (torch, the rules, Lava) are imported inside ``main``, so that Ctrl-C while
 # they load is answered like any other interrupt instead of with a traceback.
@@ -52,6 +53,24 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if not (math.isfinite(x) and x > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return x
+
+
+def _nproc(text: str) -> int:
+    from spikeprop.distributed import MAX_WORLD
+
+    n = _positive_int(text)
+    if n > MAX_WORLD:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WORLD} processes; got {n}")
+    return n
+
+
+def _timeout(text: str) -> float:
+    from spikeprop.distributed import MAX_TIMEOUT_S
+
+    x = _positive_float(text)
+    if x > MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TIMEOUT_S:.0f} seconds (7 days); got {text}")
     return x
 
 
@@ -116,6 +135,12 @@ def _add_train(sub) -> None:
                    help="continue an interrupted run (only --epochs and --device may change)")
     p.add_argument("--config", metavar="FILE.toml", type=_path, help="TOML file of settings; flags override it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--nproc", type=_nproc, metavar="N", help="train data-parallel in N processes on this machine "
+                   "(torch.distributed, gloo on CPU; each takes batch-size / N samples of every batch, gradients "
+                   "all-reduced: the same training as one process). Under torchrun leave it out (default: 1)")
+    p.add_argument("--dist-timeout", type=_timeout, metavar="SECONDS", help="data-parallel: seconds a process waits "
+                   "for the others in a collective before it gives up with an error (rank 0 evaluates each epoch "
+                   "while the others wait; default 1800)")
     for name, cls in sorted(RULES.items()):
         g = p.add_argument_group(f"--rule {name}", cls.summary)
         for key, opt in cls.OPTIONS.items():
@@ -242,44 +267,93 @@ def resolve_train_config(args: argparse.Namespace):
     return TrainConfig.from_dict(values, source=source)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_target(args: argparse.Namespace, world_size: int):
+    """The config, run directory and resume flag of ``train``'s flags, for ``world_size`` processes."""
     from spikeprop.config import TrainConfig
     from spikeprop.runs import CONFIG, check_run_dir, read_json
-    from spikeprop.train import train
 
     if args.resume:
         run_dir = check_run_dir(args.resume)
         given = [k for k, v in vars(args).items()
-                 if v not in (None, False) and k not in ("resume", "epochs", "device", "command", "func", "no_progress")]
+                 if v not in (None, False) and k not in ("resume", "epochs", "device", "command", "func", "no_progress",
+                                                         "nproc", "dist_timeout", "argv")]
         if given:
             raise SpikepropError(f"--resume continues {run_dir} with its own settings; only --epochs and --device "
-                                 f"may change (got: {', '.join('--' + g.replace('_', '-').replace('opt--', '') for g in given)})")
+                                 f"may change, and --nproc and --dist-timeout (got: "
+                                 f"{', '.join('--' + g.replace('_', '-').replace('opt--', '') for g in given)})")
         raw = read_json(run_dir / CONFIG)
         if isinstance(raw, dict):
             if args.epochs is not None:
                 raw["epochs"] = args.epochs
             if args.device is not None:
                 raw["device"] = args.device
-        config = TrainConfig.from_run(raw, str(run_dir / CONFIG))
-        resume = True
+            raw["world_size"] = world_size  # a run may resume with another number of processes
+        return TrainConfig.from_run(raw, str(run_dir / CONFIG)), run_dir, True
+    config = resolve_train_config(args)
+    if world_size != 1:
+        config = dataclasses.replace(config, world_size=world_size)
+    if args.out:
+        run_dir = Path(args.out)
     else:
-        config = resolve_train_config(args)
-        if args.out:
-            run_dir = Path(args.out)
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = Path("runs") / f"{config.dataset}-{config.rule}-{config.neurons}-{stamp}"
-        resume = False
-    stack = f"layers {config.layers}" if config.layers else f"hidden {','.join(map(str, config.hidden))}"
-    print(f"spikeprop train: rule {config.rule}, neurons {config.neurons}, dataset {config.dataset}, "
-          f"{stack}, T={config.steps}, {config.epochs} epochs -> {run_dir}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{config.dataset}-{config.rule}-{config.neurons}-{stamp}"
+    return config, run_dir, False
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from spikeprop import distributed
+    from spikeprop.train import train
+
+    world = distributed.env_world()
+    launched = os.environ.get(distributed.LAUNCHED)
+    if world is not None and launched is None and args.nproc is not None:
+        raise SpikepropError(f"--nproc starts its own processes; under torchrun (WORLD_SIZE {world[1]} in the "
+                             "environment) leave it out: torchrun's --nproc-per-node sets them")
+    if world is None and args.nproc is not None and args.nproc > 1:
+        return _launch_train(args)
+    n = 1 if world is None else world[1]
+    if args.dist_timeout is not None and n == 1:
+        raise SpikepropError("--dist-timeout applies to data-parallel training (--nproc N with N > 1, or torchrun)")
+    config, run_dir, resume = _train_target(args, n)
     progress = False if args.no_progress else None
-    summary = train(config, run_dir, resume=resume, overwrite=bool(args.overwrite) and not resume, progress=progress)
+    overwrite = bool(args.overwrite) and not resume
+    rank = 0 if world is None else world[0]
+    if rank == 0:
+        stack = f"layers {config.layers}" if config.layers else f"hidden {','.join(map(str, config.hidden))}"
+        procs = f", {n} processes" if n > 1 else ""
+        print(f"spikeprop train: rule {config.rule}, neurons {config.neurons}, dataset {config.dataset}, "
+              f"{stack}, T={config.steps}, {config.epochs} epochs{procs} -> {run_dir}")
+    if n == 1:
+        summary = train(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
+    else:
+        timeout = args.dist_timeout if args.dist_timeout is not None else distributed.DEFAULT_TIMEOUT_S
+        ctx = distributed.Context.init(rank, n, timeout, config.device)
+        try:
+            summary = train(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, dist=ctx)
+        finally:
+            ctx.close()
+        if rank != 0:
+            return 0
     sps = summary["samples_per_second"]
     print(f"test accuracy {summary['test_accuracy']:.4f} ({summary['dataset']}, {summary['rule']}, "
           f"{'-' if sps is None else f'{sps:.0f}'} samples/s, peak memory {summary['peak_memory_mib']:.0f} MiB)")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _launch_train(args: argparse.Namespace) -> int:
+    """``train --nproc N``: check the settings here, then run N workers of the same command line."""
+    import sys
+
+    from spikeprop import distributed
+
+    config, run_dir, resume = _train_target(args, args.nproc)
+    distributed.check_batches(config.batch_size, 0, args.nproc)  # the last batch is checked once the data is loaded
+    extra = [] if resume or args.out else ["--out", str(run_dir)]  # one run directory for every rank
+    cmd = [sys.executable, "-m", "spikeprop", *args.argv, *extra]
+    return distributed.launch(cmd, args.nproc)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -359,15 +433,26 @@ def _os_error(e: OSError) -> str:
     return f"cannot access{where}: {what}"
 
 
+def _rank() -> str:
+    """`` (rank r)`` in a data-parallel worker other than rank 0 (whose messages are the run's)."""
+    import os
+
+    rank = os.environ.get("RANK")
+    return f" (rank {rank})" if "WORLD_SIZE" in os.environ and rank not in (None, "0") else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     command = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         command = args.command
         return args.func(args)
+    except PeerError:  # another rank of a data-parallel run failed and printed why
+        return PEER_EXIT
     except SpikepropError as e:  # before OSError: a RunFileError is both
-        print(f"spikeprop {command}: error: {e}", file=sys.stderr)
+        print(f"spikeprop {command}{_rank()}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
         print(f"spikeprop {command}: error: {_os_error(e)}", file=sys.stderr)

@@ -30,6 +30,7 @@ import tomllib
 
 from spikeprop import SpikepropError
 from spikeprop.data import DATASETS, EVENT_DATASETS, SEQUENCES, TEMPORAL, fixed_steps
+from spikeprop.distributed import MAX_WORLD
 from spikeprop.encoders import ENCODINGS, TEMPORAL_ENCODINGS
 from spikeprop.events import MAX_BIN_US
 from spikeprop.neurons import NEURON_KINDS, LIFParams
@@ -56,12 +57,15 @@ FIELD_SPECS: dict[str, tuple[type, Range | None]] = {
     "batch_size": (int, Range(1, MAX_BATCH)), "seed": (int, Range(0, MAX_SEED)),
     "lr": (float, POSITIVE), "du": (float, UNIT), "dv": (float, UNIT), "vth": (float, Range(0.0, MAX_VTH, low_open=True)),
     "sequence": (str, None), "downsample": (int, Range(1, MAX_DOWNSAMPLE)),
+    "world_size": (int, Range(1, MAX_WORLD)),
 }
 CHOICES = {"neurons": NEURON_KINDS, "dataset": DATASETS, "encoding": ENCODINGS, "quantize": QUANTIZERS,
            "sequence": tuple(SEQUENCES)}
 MODELS = ("fc", "conv", "rec")  # the recipes a dataset may have (models/): fully connected, convolutional, recurrent
 # Fields added after the first run directories were written: a config.json without them has these.
-ADDED_FIELDS = {"layers": None, "model": "fc", "sequence": "rows", "bin_us": None, "downsample": 1}
+ADDED_FIELDS = {"layers": None, "model": "fc", "sequence": "rows", "bin_us": None, "downsample": 1, "world_size": 1}
+# Fields a resumed run may change (its checkpoint does not depend on them): the architecture key leaves them out.
+RUN_FIELDS = ("epochs", "device", "data_dir", "world_size")
 
 
 def _flag(name: str) -> str:
@@ -97,6 +101,10 @@ class TrainConfig:
     sequence: str = "rows"
     bin_us: int | None = None
     downsample: int = 1
+    # The processes training data-parallel (spikeprop.distributed); set by the launch (torchrun or
+    # --nproc), never by a config file. The trained weights do not depend on it (up to float
+    # summation order), so a run may resume with another.
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         from spikeprop.rules import RULES
@@ -198,13 +206,14 @@ class TrainConfig:
 
     def architecture_key(self) -> dict:
         """The settings a trained checkpoint depends on: every field but those a run may change
-        when it is resumed or moved (``epochs``, ``device``, ``data_dir``). A field added later is
-        left out while it has its old default, so older checkpoints keep matching."""
+        when it is resumed or moved (``RUN_FIELDS``: ``epochs``, ``device``, ``data_dir``,
+        ``world_size``). A field added later is left out while it has its old default, so older
+        checkpoints keep matching."""
         d = self.to_dict()
-        for k in ("epochs", "device", "data_dir"):
+        for k in RUN_FIELDS:
             d.pop(k)
         for k, default in ADDED_FIELDS.items():
-            if d[k] == default:
+            if k in d and d[k] == default:
                 d.pop(k)
         return d
 
@@ -229,7 +238,8 @@ def check_hidden(value: Any) -> tuple[int, ...]:
     return tuple(integer("--hidden", h, Range(1, MAX_LAYER)) for h in value)
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"rule_options"}
+# The fields a TOML file or a flag may set (world_size is the launch's).
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"rule_options", "world_size"}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

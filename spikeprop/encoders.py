@@ -25,7 +25,8 @@ The static encodings do not apply to a temporal dataset, nor these two to a stat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from snntorch import spikegen
@@ -40,11 +41,18 @@ GRADED_ENCODINGS = ("direct", "sequence")  # currents; the others emit 0/1 spike
 
 @dataclass
 class Encoder:
-    """Turns intensities into T steps of input. Stateful only through its generator."""
+    """Turns intensities into T steps of input. Stateful only through its generator.
+
+    ``dist``: a ``spikeprop.distributed.Context`` while training data-parallel. ``x`` is then this
+    rank's rows of the global batch; a random encoding all-gathers the batch, draws its spikes
+    from the generator (the same on every rank) and keeps this rank's rows, so that the spikes are
+    those of one process.
+    """
 
     kind: str
     steps: int
     generator: torch.Generator | None = None
+    dist: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODINGS:
@@ -79,6 +87,10 @@ class Encoder:
         if self.kind == "direct":
             return x.unsqueeze(0).expand(T, *x.shape)
         if self.kind == "rate":
+            if self.dist is not None:  # the global batch's draws, this rank's rows
+                full = self.dist.gather(x)
+                spikes = torch.bernoulli(full.unsqueeze(0).expand(T, *full.shape), generator=self.generator)
+                return spikes[:, self.dist.rows].contiguous()
             p = x.unsqueeze(0).expand(T, *x.shape)
             return torch.bernoulli(p, generator=self.generator)
         return spikegen.latency(x, num_steps=T, normalize=True, linear=True, clip=True)

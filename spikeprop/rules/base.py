@@ -78,6 +78,9 @@ class AbstractRule(ABC):
         self.options = {k: config.rule_options.get(k, o.default) for k, o in self.OPTIONS.items()}
         # The rule's own random draws, a sub-stream of the run's seed (spikeprop.seeds).
         self.generator = generator(config.seed, "rule", self.name)
+        # Data-parallel training (spikeprop.distributed): x, y and index are this rank's rows of
+        # the global batch; ``train_step`` all-reduces the gradients and metrics. None: one process.
+        self.dist = None
 
     @classmethod
     def check_options(cls, options: dict) -> dict:
@@ -112,9 +115,17 @@ class AbstractRule(ABC):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         metrics = self.gradients(x, y, index)
+        if self.dist is not None:  # this rank's mean over its rows -> the global batch's mean
+            from spikeprop.distributed import trained_parameters
+
+            metrics = self.dist.reduce(trained_parameters(optimizers), metrics)
         for opt in optimizers:
             opt.step()
         return metrics
+
+    def batch_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The labels of the whole global batch (``y`` itself in one process)."""
+        return y if self.dist is None else self.dist.gather(y)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

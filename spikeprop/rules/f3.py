@@ -54,7 +54,11 @@ class F3(FeedbackRule):
         if index is None:
             raise SpikepropError("--rule f3 needs the dataset row of every sample (train_step(x, y, index))")
         index = index.to(self.seen.device)
-        self._grow(int(index.max()) + 1)
+        if self.dist is not None:  # the buffer is replicated: every rank writes the whole batch's rows
+            rows, errors = self.dist.gather(index), self.dist.gather(e)
+        else:
+            rows, errors = index, e
+        self._grow(int(rows.max()) + 1)
         target = F.one_hot(y, e.shape[1]).to(e.dtype)
         delayed = torch.where(self.seen[index, None], self.buffer[index], -target)
         mode = self.options["mode"]
@@ -64,8 +68,8 @@ class F3(FeedbackRule):
             eps = torch.where(self.seen[index, None], target * delayed, -target)
         else:
             eps = -target
-        self.buffer[index] = e
-        self.seen[index] = True
+        self.buffer[rows] = errors
+        self.seen[rows] = True
         return eps
 
     def extra_state(self):

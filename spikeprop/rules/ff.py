@@ -85,14 +85,22 @@ class Goodness(NamedTuple):
     z: list[torch.Tensor] | None = None
 
 
-def wrong_labels(y: torch.Tensor, n_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """A label != y for every sample, uniform over the C - 1 wrong ones."""
-    shift = torch.randint(1, n_classes, y.shape, generator=generator).to(y.device)
-    return (y + shift) % n_classes
+def wrong_labels(y: torch.Tensor, n_classes: int, generator: torch.Generator, dist=None) -> torch.Tensor:
+    """A label != y for every sample, uniform over the C - 1 wrong ones. ``dist``: data-parallel, ``y``
+    is this rank's rows; the shifts of the whole batch are drawn and the rank's rows kept."""
+    shape = y.shape if dist is None else (dist.total, *y.shape[1:])
+    shift = torch.randint(1, n_classes, shape, generator=generator)
+    if dist is not None:
+        shift = shift[dist.rows]
+    return (y + shift.to(y.device)) % n_classes
 
 
-def hard_wrong_labels(y: torch.Tensor, scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A label != y for every sample, drawn with probability softmax(scores) over the C - 1 wrong ones."""
+def hard_wrong_labels(y: torch.Tensor, scores: torch.Tensor, generator: torch.Generator, dist=None) -> torch.Tensor:
+    """A label != y for every sample, drawn with probability softmax(scores) over the C - 1 wrong ones.
+    ``dist``: data-parallel; the whole batch's scores and labels are all-gathered, its labels drawn
+    and this rank's rows kept."""
+    if dist is not None:
+        return hard_wrong_labels(dist.gather(y), dist.gather(scores.detach()), generator)[dist.rows]
     masked = scores.detach().double().cpu().masked_fill(F.one_hot(y.cpu(), scores.shape[1]).bool(), float("-inf"))
     return torch.multinomial(torch.softmax(masked, 1), 1, generator=generator).squeeze(1).to(y.device)
 
@@ -196,9 +204,10 @@ class ForwardForward(AbstractRule):
             xin0 = self.encode(x, None)
             res0 = simulate(net, xin0)
         if self.options["negatives"] == "hard":
-            y_neg = hard_wrong_labels(y, net.readout(res0.counts[-1].flatten(1) / xin0.shape[0]), self.generator)
+            y_neg = hard_wrong_labels(y, net.readout(res0.counts[-1].flatten(1) / xin0.shape[0]), self.generator,
+                                      self.dist)
         else:
-            y_neg = wrong_labels(y, self.n_classes, self.generator)
+            y_neg = wrong_labels(y, self.n_classes, self.generator, self.dist)
         xin = torch.cat([self.encode(x, y), self.encode(x, y_neg)], dim=1)
         with torch.enable_grad():
             good = self.goodness(xin)

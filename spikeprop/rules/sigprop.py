@@ -39,19 +39,22 @@ from spikeprop.rules.local import REPRESENTATIONS, apply_signals, represent, thr
 from spikeprop.validate import POSITIVE
 
 
-def sigprop_loss(r_h: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sigprop_loss(r_h: torch.Tensor, r_t: torch.Tensor, y: torch.Tensor, tau: float,
+                 y_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch-contrastive local loss (module docstring) and the layer's match accuracy.
 
     r_h, r_t: [B, *shape] representations of the data and the target streams (a feature map is
     compared as one vector); y: labels [B]. The accuracy counts samples whose most similar target
-    has the same label.
+    has the same label. ``y_t``: the labels of the targets ``r_t`` when they are another set than
+    the rows (data-parallel training: a rank's rows against the whole batch's targets); default ``y``.
     """
+    y_t = y if y_t is None else y_t
     r_h, r_t = r_h.flatten(1), r_t.flatten(1)
     logits = F.normalize(r_h, dim=1) @ F.normalize(r_t, dim=1).t() / tau
-    same = (y[:, None] == y[None, :]).to(logits.dtype)
+    same = (y[:, None] == y_t[None, :]).to(logits.dtype)
     target = same / same.sum(1, keepdim=True)
     loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-    match = (y[logits.argmax(1)] == y).to(logits.dtype).mean()
+    match = (y_t[logits.argmax(1)] == y).to(logits.dtype).mean()
     return loss, match
 
 
@@ -110,9 +113,9 @@ class SigProp(AbstractRule):
             metrics[f"layer{i + 1}_match"] = float(match)
         return metrics
 
-    def _layer_loss(self, layer, z_h, z_t, y):
+    def _layer_loss(self, layer, z_h, z_t, y, y_t=None):
         vth, rep = self.net.params[layer].vth, self.options["rep"]
-        return sigprop_loss(represent(z_h, vth, rep), represent(z_t, vth, rep), y, self.options["tau"])
+        return sigprop_loss(represent(z_h, vth, rep), represent(z_t, vth, rep), y, self.options["tau"], y_t)
 
     def _voltage_grads(self, xin, y):
         net = self.net
@@ -124,11 +127,13 @@ class SigProp(AbstractRule):
             res = simulate(net, xin, reset_grad="constant", observer=tr_h)
             simulate(net, cin, reset_grad="constant", observer=tr_t, first_layer=(self.S1_synapse, self.S1))
         losses, matches, dz_h, dz_t = [], [], [], []
+        # The targets are those of the whole batch (data-parallel: every rank's labels; one process: y).
+        y_t = self.batch_labels(y)
         with torch.enable_grad():
             for layer in range(net.n_layers):
                 z_h = tr_h.mean_v(layer).requires_grad_(True)
                 z_t = tr_t.mean_v(layer).requires_grad_(True)  # [C, n]: one row per class
-                loss, match = self._layer_loss(layer, z_h, z_t[y], y)
+                loss, match = self._layer_loss(layer, z_h, z_t[y_t], y, None if self.dist is None else y_t)
                 gh, gt = torch.autograd.grad(loss, (z_h, z_t))
                 dz_h.append(gh)
                 dz_t.append(gt)
@@ -151,12 +156,14 @@ class SigProp(AbstractRule):
                 sums[stream, layer] = f if t == 0 else sums[stream, layer] + f
             return observer
 
+        y_t = self.batch_labels(y)
         with torch.enable_grad():
             res = simulate(net, xin, reset_grad="constant", observer=collect("h"))
             simulate(net, cin, reset_grad="constant", observer=collect("t"), first_layer=(self.S1_synapse, self.S1))
             losses, matches, total = [], [], 0.0
             for layer in range(net.n_layers):
-                loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer][y] / T, y, self.options["tau"])
+                loss, match = sigprop_loss(sums["h", layer] / T, sums["t", layer][y_t] / T, y, self.options["tau"],
+                                           None if self.dist is None else y_t)
                 total = total + loss
                 losses.append(loss.detach())
                 matches.append(match)
