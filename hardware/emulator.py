@@ -41,8 +41,8 @@ from hardware.loihi import (
     FixedNetwork,
     chain_problems,
     check_params,
-    layer_problems,
     lava_process,
+    layer_problems,
     named_layers,
 )
 from spikeprop import SpikepropError

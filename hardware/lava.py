@@ -469,8 +469,6 @@ def build(network: FixedNetwork | FloatNetwork, x: np.ndarray, *, record_spikes:
     from PyTorch's C-H-W, ``whc_order``) and a Sparse's output is reshaped into its map. Records are
     turned back into C-H-W order, so results look like the emulator's."""
     import_lava()
-    from scipy.sparse import csr_matrix
-
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.io.sink import Read
@@ -479,6 +477,7 @@ def build(network: FixedNetwork | FloatNetwork, x: np.ndarray, *, record_spikes:
     from lava.proc.lif.process import LIFReset
     from lava.proc.monitor.process import Monitor
     from lava.proc.sparse.process import Sparse
+    from scipy.sparse import csr_matrix
 
     t0 = time.perf_counter()
     T, B, _ = x.shape
