@@ -68,9 +68,10 @@ def _float(net: Network, x, record, record_uv, timeout) -> Result:
     spikes: list[torch.Tensor | None] = [None] * net.n_layers
 
     def keep_spikes(layer, t, s_in, step):  # one [T, B, n] buffer per layer, filled step by step
+        s = step.s.reshape(step.s.shape[0], -1)  # a feature map flattened in C-H-W order, as the other backends give it
         if t == 0:
-            spikes[layer] = torch.zeros((x.shape[0], *step.s.shape), dtype=torch.bool)
-        spikes[layer][t] = step.s
+            spikes[layer] = torch.zeros((x.shape[0], *s.shape), dtype=torch.bool)
+        spikes[layer][t] = s
 
     res = simulate(net, x, observer=keep_spikes if record else None)
     logits = res.logits.double()

@@ -40,6 +40,8 @@ from hardware.loihi import (
     FixedLayer,
     FixedNetwork,
     chain_problems,
+    check_params,
+    lava_process,
     layer_problems,
     named_layers,
 )
@@ -54,9 +56,10 @@ from spikeprop.quantize import DECAY_UNIT
 EXACT = torch.float64
 
 
-def _wrap32(x: torch.Tensor) -> torch.Tensor:
-    """The value numpy's int32 arithmetic would hold (two's complement wrap)."""
-    half = 2 ** (INT32_BITS - 1)
+def _wrap32(x: torch.Tensor, bits: int = INT32_BITS) -> torch.Tensor:
+    """The value numpy's int32 arithmetic would hold (two's complement wrap; ``bits``: another width,
+    Lava Conv's 24-bit ``signed_clamp``)."""
+    half = 2 ** (bits - 1)
     return torch.remainder(x + half, 2 * half) - half
 
 
@@ -134,6 +137,28 @@ class Gemm(NamedTuple):
     weight_exp: int
     may_wrap: bool  # some |W·s| << weight_exp can reach 2**31 (Lava's int32 channel wraps)
     may_overflow_u: bool  # some |a| can reach 2**25, where Lava's int32 ``a << 6`` wraps
+    wrap_bits: int = INT32_BITS  # the width the synapse's output wraps at
+
+
+class ConvOp(NamedTuple):
+    """One layer's convolution as the emulator computes it (``gemm_for`` of a conv2d layer).
+
+    ``w``: the integer kernel [C_out, C_in, kH, kW] in float64 (exact: every sum of products stays
+    far below 2**53); the product is PyTorch's cross-correlation on the flat C-H-W input, which is
+    what Lava computes after the child's transposes (``hardware.lava``). As a Lava ``Conv``
+    (weight_exp 0) the output wraps at 24 bits (lava/proc/conv/models.py ``signed_clamp``); as a
+    ``Sparse`` (any other exponent) it is shifted by weight_exp and wraps at 32, as Dense's does.
+    """
+
+    w: torch.Tensor
+    synapse: object
+    weight_exp: int
+    may_wrap: bool
+    may_overflow_u: bool
+    wrap_bits: int
+    int8: bool = False
+    offset: int = 0
+    correction: None = None
 
 
 # The closed form's first-spike masks are multiplied a block at a time, at most this many mask
@@ -160,6 +185,11 @@ def _weights_info(layer: FixedLayer, device) -> dict:
     key = str(torch.device(device or "cpu"))
     if key not in cache:
         w = np.asarray(layer.weights, dtype=np.int64)
+        if layer.kind == "conv2d":  # one output neuron sees one channel's kernel: C_in·kH·kW weights
+            rows = np.abs(w).reshape(w.shape[0], -1).sum(1)
+            cache[key] = {"abs_row_max": int(rows.max()) if w.size else 0,
+                          "w": torch.as_tensor(w, dtype=torch.float64, device=device)}
+            return cache[key]
         info = {"abs_row_max": int(np.abs(w).sum(1).max()) if w.size else 0,
                 "even": bool(w.size) and not (w & 1).any() and int(w.min()) >= -256 and int(w.max()) <= 254,
                 "n_in": w.shape[1], "w": torch.as_tensor(w, device=device)}
@@ -172,10 +202,15 @@ def _weights_info(layer: FixedLayer, device) -> dict:
 
 
 def gemm_for(layer: FixedLayer, in_min: int, in_max: int, device=None) -> Gemm:
-    """The exact multiplication of ``layer``'s Dense for inputs in [in_min, in_max]."""
+    """The exact multiplication of ``layer``'s synapse for inputs in [in_min, in_max] (a ConvOp for a convolution)."""
     info = _weights_info(layer, device)
     bound = info["abs_row_max"] * max(abs(in_min), abs(in_max))  # the largest |W·s|
     a_bound = bound * 2 ** max(layer.weight_exp, 0)
+    if layer.kind == "conv2d":
+        bits = 24 if lava_process(layer) == "Conv" else INT32_BITS
+        after = min(a_bound, 2 ** (bits - 1))  # what can reach the LIF after the wrap
+        return ConvOp(info["w"], layer.synapse, layer.weight_exp, a_bound >= 2 ** (bits - 1),
+                      after >= 2 ** (INT32_BITS - 1 - ACT_SHIFT), bits)
     may_wrap, may_overflow_u = a_bound >= 2 ** (INT32_BITS - 1), a_bound >= 2 ** (INT32_BITS - 1 - ACT_SHIFT)
     offset = 0 if -128 <= in_min and in_max <= 127 else 128 if 0 <= in_min and in_max <= 255 else None
     cpu = torch.device(device or "cpu").type == "cpu"
@@ -197,6 +232,10 @@ def _half_product(s: torch.Tensor, g: Gemm) -> torch.Tensor:
 
 def _product(s: torch.Tensor, g: Gemm) -> torch.Tensor:
     """W·s [B, n_out] exactly (float64 holding integers), s [B, n_in] integer-valued."""
+    if isinstance(g, ConvOp):
+        syn = g.synapse
+        x = s.to(torch.float64).reshape(s.shape[0], *syn.in_shape)
+        return F.conv2d(x, g.w, stride=syn.stride, padding=syn.padding).reshape(s.shape[0], -1)
     if not g.int8 or s.shape[0] == 0:
         w = g.w.t().to(torch.float64) if g.int8 else g.w
         return F.linear(s.to(w.dtype), w).to(EXACT) * (2 if g.int8 else 1)
@@ -208,7 +247,7 @@ def _shift(p: torch.Tensor, g: Gemm) -> torch.Tensor:
     sent through an int32 channel (wrapping only where ``g.may_wrap``)."""
     e = g.weight_exp
     a = p * 2**e if e >= 0 else torch.floor(p * 2.0**e)
-    return _wrap32(a) if g.may_wrap else a
+    return _wrap32(a, g.wrap_bits) if g.may_wrap else a
 
 
 def _dense(s: torch.Tensor, g: Gemm) -> torch.Tensor:
@@ -338,6 +377,8 @@ def _check_emulable(fnet: FixedNetwork) -> None:
             cache["problems", name] = layer_problems(name, layer)
         problems += cache["problems", name]
     problems += chain_problems(fnet)
+    if not problems and any(la.kind != "dense" for la in fnet.layers):
+        problems = check_params(fnet)  # a convolution's int32 bound (per network: it needs the input's bits)
     if problems:
         raise SpikepropError("the emulator computes only what Lava's fixed_pt models run as given: " + "; ".join(problems))
 

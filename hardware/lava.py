@@ -120,8 +120,8 @@ def floating_pt_network(net, steps: int, *, graded_input: bool, input_bits: int 
         return t.detach().cpu().double().numpy()
 
     weights = [net.effective_weight(w) for w in net.weights]
-    layers = tuple(FloatLayer(f64(w), float(p.du), float(p.dv), float(p.vth), f64(b))
-                   for w, b, p in zip(weights, net.biases, net.params))
+    layers = tuple(FloatLayer(f64(w), float(p.du), float(p.dv), float(p.vth), loihi.neuron_bias(syn, f64(b)), syn)
+                   for w, b, p, syn in zip(weights, net.biases, net.params, net.synapses))
     readout = FloatLayer(f64(net.effective_weight(net.readout.weight)), 1.0, 0.0, FLOAT_UNREACHABLE, f64(net.readout.bias))
     return FloatNetwork(layers, readout, int(steps), graded_input, input_bits)
 
@@ -401,18 +401,83 @@ class Built(NamedTuple):
     total: int
     warm: int
     build_s: float
+    shapes: list  # each layer's population shape in spikeprop's order ((n,) or (C, H, W))
+
+
+def lava_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Lava's shape of a population or port: a feature map (C, H, W) is (X, Y, C) = (W, H, C) in
+    Lava (lava/proc/conv: "(W, H, C) format"); a flat population keeps its (n,)."""
+    return tuple(shape) if len(shape) == 1 else (shape[2], shape[1], shape[0])
+
+
+def whc_order(shape: tuple[int, ...]) -> np.ndarray:
+    """``perm`` with ``flat_whc = flat_chw[perm]``: Lava's C-order flattening of a (W, H, C) map
+    (what ``OutPort.flatten()`` sends) in terms of PyTorch's C-H-W flattening (the identity for a flat shape)."""
+    n = int(np.prod(shape))
+    return np.arange(n) if len(shape) == 1 else np.arange(n).reshape(shape).transpose(2, 1, 0).reshape(-1)
+
+
+def to_lava_map(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-neuron array [..., n] in C-H-W order -> [..., *lava_shape(shape)]."""
+    if len(shape) == 1:
+        return a
+    return np.moveaxis(a.reshape(*a.shape[:-1], *shape), (-3, -2, -1), (-1, -2, -3))
+
+
+def from_lava_map(a: np.ndarray, shape: tuple[int, ...], axis_first: bool) -> np.ndarray:
+    """The inverse on a record: [*lava_shape, steps] (``axis_first`` False: a sink's data) or
+    [steps, *lava_shape] (True: a monitor's) -> [steps, n] in C-H-W order."""
+    if not axis_first:
+        a = np.moveaxis(a, -1, 0)
+    if len(shape) == 1:
+        return a.reshape(a.shape[0], -1)
+    return np.moveaxis(a, (1, 2, 3), (3, 2, 1)).reshape(a.shape[0], -1)
+
+
+def conv_matrix(syn, w: np.ndarray) -> np.ndarray:
+    """A convolution's kernel unrolled into its connection matrix [n_out, n_in] (both C-H-W order):
+    ``M @ s.flatten() == conv2d(s, w).flatten()`` (PyTorch's cross-correlation, zero padding)."""
+    (c_in, h, wd), (kh, kw), (sh, sw), (ph, pw) = syn.in_shape, syn.kernel, syn.stride, syn.padding
+    c_out, oh, ow = syn.out_shape
+    m = np.zeros((c_out, oh, ow, c_in, h, wd), dtype=w.dtype)
+    for ky in range(kh):
+        ys = np.arange(oh) * sh + ky - ph
+        yo = np.nonzero((ys >= 0) & (ys < h))[0]
+        for kx in range(kw):
+            xs = np.arange(ow) * sw + kx - pw
+            xo = np.nonzero((xs >= 0) & (xs < wd))[0]
+            for c in range(c_in):
+                # m[o, yo, xo, c, ys[yo], xs[xo]] = w[o, c, ky, kx]
+                m[:, yo[:, None], xo[None, :], c, ys[yo][:, None], xs[xo][None, :]] = w[:, c, ky, kx][:, None, None]
+    return m.reshape(c_out * oh * ow, c_in * h * wd)
+
+
+def conv_kernel_lava(w: np.ndarray) -> np.ndarray:
+    """A PyTorch kernel [C_out, C_in, kH, kW] (cross-correlation) as Lava Conv's weight [C_out, kW, kH, C_in]:
+    Lava's Conv is a true convolution (scipy.signal.convolve2d over (X, Y)), so the taps are flipped."""
+    return np.ascontiguousarray(w.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :])
 
 
 def build(network: FixedNetwork | FloatNetwork, x: np.ndarray, *, record_spikes: bool, record_uv: bool) -> Built:
     """The Lava processes of ``network`` for the samples x [T, B, n_in] (module docstring's graph);
-    in the child process. ``hardware.lava`` is the one place a layer record becomes Lava processes."""
+    in the child process. ``hardware.lava`` is the one place a layer record becomes Lava processes.
+
+    Each synapse becomes the process ``loihi.lava_process`` names: ``Dense``; ``Conv`` (its kernel
+    flipped and transposed to Lava's [C_out, kW, kH, C_in]); or ``Sparse`` (the kernel unrolled,
+    ``conv_matrix``). A convolution's LIF population has Lava's (W, H, C) shape; a Dense or Sparse
+    reads a map through ``OutPort.flatten()`` (Lava's W-H-C order: its weight columns are permuted
+    from PyTorch's C-H-W, ``whc_order``) and a Sparse's output is reshaped into its map. Records are
+    turned back into C-H-W order, so results look like the emulator's."""
     import_lava()
+    from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.io.sink import Read
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
     from lava.proc.monitor.process import Monitor
+    from lava.proc.sparse.process import Sparse
+    from scipy.sparse import csr_matrix
 
     t0 = time.perf_counter()
     T, B, _ = x.shape
@@ -420,25 +485,45 @@ def build(network: FixedNetwork | FloatNetwork, x: np.ndarray, *, record_spikes:
     L = len(layers) - 1  # hidden layers; layers[-1] is the read-out
     total = B * T + L + 1
     fixed = isinstance(network, FixedNetwork)
-    src = Source(data=to_lava_time(x, total, np.int32 if fixed else np.float64))
-    prev, sinks, lifs, monitors = src.s_out, [], [], []
+    dtype = np.int32 if fixed else np.float64
+    first = layers[0]
+    in_shape = tuple(first.synapse.in_shape) if first.kind == "conv2d" else (first.n_in,)
+    # The source sends the first layer's input in the shape its process reads: a map (W, H, C) for a Conv.
+    src_shape = in_shape if loihi.lava_process(first) == "Conv" else (first.n_in,)
+    src = Source(data=np.moveaxis(to_lava_map(to_lava_time(x, total, dtype).T, src_shape), 0, -1))
+    prev, prev_shape = src.s_out, src_shape
+    sinks, lifs, monitors, shapes = [], [], [], []
     for i, la in enumerate(layers):
-        kw = {"weights": la.weights.astype(np.int32 if fixed else np.float64),
-              "num_message_bits": network.input_bits if i == 0 and network.graded_input else 0}
+        bits = network.input_bits if i == 0 and network.graded_input else 0
+        process = loihi.lava_process(la)
+        out_shape = la.out_shape
+        w = la.weights.astype(dtype)
+        exp = {"weight_exp": int(la.weight_exp)} if fixed else {}
+        if process == "Conv":
+            syn = la.synapse
+            conn = Conv(weight=conv_kernel_lava(w), input_shape=lava_shape(syn.in_shape), padding=syn.padding[::-1],
+                        stride=syn.stride[::-1], num_message_bits=bits, **exp)
+            prev.connect(conn.s_in)
+        else:
+            matrix = conv_matrix(la.synapse, w) if process == "Sparse" else w
+            # rows in the order the LIF is laid out, columns in the order the input arrives
+            matrix = matrix[whc_order(out_shape)][:, whc_order(prev_shape)]
+            conn = (Sparse(weights=csr_matrix(matrix), num_message_bits=bits, **exp) if process == "Sparse"
+                    else Dense(weights=matrix, num_message_bits=bits, **exp))
+            (prev.flatten() if len(prev_shape) > 1 else prev).connect(conn.s_in)
         if fixed:
             # Python ints: a float parameter under fixed_pt breaks Lava's worker (a silent hang)
-            neuron = {"du": int(la.du), "dv": int(la.dv), "vth": int(la.vth), "bias_mant": la.bias_mant.astype(np.int32),
-                      "bias_exp": la.bias_exp.astype(np.int32)}
-            kw["weight_exp"] = int(la.weight_exp)
+            neuron = {"du": int(la.du), "dv": int(la.dv), "vth": int(la.vth),
+                      "bias_mant": to_lava_map(la.bias_mant.astype(np.int32), out_shape),
+                      "bias_exp": to_lava_map(la.bias_exp.astype(np.int32), out_shape)}
         else:
-            neuron = {"du": float(la.du), "dv": float(la.dv), "vth": float(la.vth), "bias_mant": la.bias.astype(np.float64),
-                      "bias_exp": np.zeros(la.n_out, dtype=np.int32)}
-        dense = Dense(**kw)
-        lif = LIFReset(shape=(la.n_out,), reset_interval=T, reset_offset=(i + 2) % T, **neuron)
-        prev.connect(dense.s_in)
-        dense.a_out.connect(lif.a_in)
+            neuron = {"du": float(la.du), "dv": float(la.dv), "vth": float(la.vth),
+                      "bias_mant": to_lava_map(la.bias.astype(np.float64), out_shape),
+                      "bias_exp": np.zeros(lava_shape(out_shape), dtype=np.int32)}
+        lif = LIFReset(shape=lava_shape(out_shape), reset_interval=T, reset_offset=(i + 2) % T, **neuron)
+        (conn.a_out.reshape(lava_shape(out_shape)) if process == "Sparse" else conn.a_out).connect(lif.a_in)
         if i < L and record_spikes:
-            sink = Sink(shape=(la.n_out,), buffer=total)
+            sink = Sink(shape=lava_shape(out_shape), buffer=total)
             lif.s_out.connect(sink.a_in)
             sinks.append(sink)
         if record_uv:
@@ -447,14 +532,16 @@ def build(network: FixedNetwork | FloatNetwork, x: np.ndarray, *, record_spikes:
                 m.probe(var, total)
                 monitors.append((m, lif, var.name))
         lifs.append(lif)
-        prev = lif.s_out
+        shapes.append(out_shape)
+        prev, prev_shape = lif.s_out, out_shape
     # The read-out's v after its last step of sample b is read in post-management at global
     # step (b+1)·T + L + 1; reads happen when (t - 1) mod T == L mod T, and the first
     # 1 + L // T reads precede sample 0 (warm-up reads).
     warm = 1 + L // T
     reader = Read(buffer=B + warm, interval=T, offset=L % T)
     reader.connect_var(lifs[-1].v)
-    return Built(src, sinks, lifs, monitors, reader, network.precision, T, B, L, total, warm, time.perf_counter() - t0)
+    return Built(src, sinks, lifs, monitors, reader, network.precision, T, B, L, total, warm, time.perf_counter() - t0,
+                 shapes)
 
 
 def run_built(built: Built) -> tuple[dict, dict]:
@@ -470,11 +557,12 @@ def run_built(built: Built) -> tuple[dict, dict]:
     t3 = time.perf_counter()
     src.run(condition=RunSteps(num_steps=built.total))
     t4 = time.perf_counter()
-    out = {f"s{i}": from_lava_time(sink.data.get().T, i, T, B).astype(np.int8) for i, sink in enumerate(built.sinks)}
+    out = {f"s{i}": from_lava_time(from_lava_map(sink.data.get(), built.shapes[i], False), i, T, B).astype(np.int8)
+           for i, sink in enumerate(built.sinks)}
     out["v_out"] = built.reader.data.get()[:, built.warm : built.warm + B].T
     for m, lif, name in built.monitors:
         i = built.lifs.index(lif)
-        out[f"{name}{i}"] = from_lava_time(m.get_data()[lif.name][name], i, T, B)
+        out[f"{name}{i}"] = from_lava_time(from_lava_map(m.get_data()[lif.name][name], built.shapes[i], True), i, T, B)
     t5 = time.perf_counter()
     src.stop()
     timing = {"build_s": built.build_s, "compile_s": t2 - t1, "start_s": t3 - t2, "run_s": t4 - t3, "read_s": t5 - t4,

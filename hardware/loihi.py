@@ -51,11 +51,14 @@ import torch
 from torch.nn import functional as F
 
 from spikeprop import SpikepropError
+from spikeprop.layers import Conv2d, Dense, Synapse
+from spikeprop.layers import to_dict as synapse_dict
 from spikeprop.network import Network, simulate
 from spikeprop.quantize import DECAY_UNIT, fake_quant_weight, weight_mantissa
 
 FORMAT = "spikeprop-loihi"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a per-layer "synapse" record (dense or conv2d); version-1 files (all dense) still load
+READABLE_VERSIONS = (1, 2)
 PRECISIONS = ("fixed_pt", "floating_pt")  # Lava's tags for its two CPU models of each process
 
 # --- Lava fixed_pt arithmetic (lava/proc/lif/models.py, lava/proc/dense/models.py) -----------
@@ -93,12 +96,44 @@ NEURONS_PER_CORE = 8192
 SYNAPSES_PER_CORE = 120_000_000 // CORES_PER_CHIP
 
 
-@dataclass(frozen=True, eq=False)
-class FixedLayer:
-    """One Dense + LIF pair in Loihi-2 integers, Lava's parameters as given to its fixed_pt processes.
+def _default_synapse(layer) -> None:
+    """A layer built without a synapse record is a Dense from its weight matrix's shape (v1 files, tests)."""
+    if layer.synapse is None and np.ndim(layer.weights) == 2:
+        object.__setattr__(layer, "synapse", Dense((int(layer.weights.shape[1]),), int(layer.weights.shape[0])))
 
-    weights: int [n_out, n_in]; weight_exp, du, dv, vth: Python ints; bias_mant, bias_exp: int [n_out];
-    scale: S, Lava a-units per float unit of input current (u and v are in units of 64·S).
+
+class _Shaped:
+    """n_in, n_out and the synapse kind of a layer record, from its ``synapse`` (``spikeprop.layers``)."""
+
+    synapse: Synapse | None
+    weights: np.ndarray
+
+    @property
+    def n_in(self) -> int:
+        return int(self.synapse.n_in) if self.synapse is not None else int(np.shape(self.weights)[-1])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.synapse.n_out) if self.synapse is not None else int(np.shape(self.weights)[0])
+
+    @property
+    def kind(self) -> str:
+        return self.synapse.kind if self.synapse is not None else "dense"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.synapse.out_shape) if self.synapse is not None else (self.n_out,)
+
+
+@dataclass(frozen=True, eq=False)
+class FixedLayer(_Shaped):
+    """One synapse + LIF pair in Loihi-2 integers, Lava's parameters as given to its fixed_pt processes.
+
+    weights: int, the synapse's weight shape (Dense [n_out, n_in]; Conv2d [C_out, C_in, kH, kW] in
+    PyTorch's order); weight_exp, du, dv, vth: Python ints; bias_mant, bias_exp: int [n_out] per
+    neuron (a convolution's per-channel bias repeated over its positions, C-H-W order);
+    scale: S, Lava a-units per float unit of input current (u and v are in units of 64·S);
+    synapse: the ``spikeprop.layers`` record (None: a Dense of the weight matrix's shape).
     ``eq=False``: records of arrays compare by identity (value equality of arrays is ambiguous).
     """
 
@@ -110,18 +145,30 @@ class FixedLayer:
     bias_mant: np.ndarray
     bias_exp: np.ndarray
     scale: float = 1.0
+    synapse: Synapse | None = None
 
-    @property
-    def n_in(self) -> int:
-        return int(self.weights.shape[1])
-
-    @property
-    def n_out(self) -> int:
-        return int(self.weights.shape[0])
+    def __post_init__(self) -> None:
+        _default_synapse(self)
 
     def scalars(self) -> dict:
         return {"n_in": self.n_in, "n_out": self.n_out, "weight_exp": self.weight_exp, "du": self.du,
-                "dv": self.dv, "vth": self.vth, "scale": self.scale}
+                "dv": self.dv, "vth": self.vth, "scale": self.scale, "synapse": synapse_dict(self.synapse)}
+
+
+def lava_process(layer) -> str:
+    """The Lava process a layer's synapse runs as (``hardware.lava``; README: conv nets on Lava).
+
+    Dense -> ``Dense``. A convolution -> ``Conv`` (lava.proc.conv: the kernel shared over positions)
+    when its weight_exp is 0, else ``Sparse`` with the kernel unrolled into its connection matrix:
+    Lava's fixed_pt Conv model ignores ``weight_exp`` (lava #803; it computes the plain integer
+    convolution and wraps it to 24 bits), Sparse shifts by it as Dense does. Under floating_pt
+    (no exponent) every convolution is a ``Conv``.
+    """
+    if layer.kind == "dense":
+        return "Dense"
+    if isinstance(layer, FixedLayer) and layer.weight_exp != 0:
+        return "Sparse"
+    return "Conv"
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,26 +206,24 @@ class FixedNetwork:
 
 
 @dataclass(frozen=True, eq=False)
-class FloatLayer:
-    """One Dense + LIF pair for Lava's floating_pt models: weights float64 [n_out, n_in] (as the
-    float network runs them), du and dv as fractions, vth and bias [n_out] in float units."""
+class FloatLayer(_Shaped):
+    """One synapse + LIF pair for Lava's floating_pt models: weights float64 (the synapse's weight
+    shape, as the float network runs them), du and dv as fractions, vth and bias [n_out] per neuron
+    in float units; synapse as for FixedLayer."""
 
     weights: np.ndarray
     du: float
     dv: float
     vth: float
     bias: np.ndarray
+    synapse: Synapse | None = None
 
-    @property
-    def n_in(self) -> int:
-        return int(self.weights.shape[1])
-
-    @property
-    def n_out(self) -> int:
-        return int(self.weights.shape[0])
+    def __post_init__(self) -> None:
+        _default_synapse(self)
 
     def scalars(self) -> dict:
-        return {"n_in": self.n_in, "n_out": self.n_out, "du": self.du, "dv": self.dv, "vth": self.vth}
+        return {"n_in": self.n_in, "n_out": self.n_out, "du": self.du, "dv": self.dv, "vth": self.vth,
+                "synapse": synapse_dict(self.synapse)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,18 +338,31 @@ def _bias(b: np.ndarray, v_unit: float) -> tuple[np.ndarray, np.ndarray]:
     return mant.astype(np.int32), exp.astype(np.int32)
 
 
+def neuron_bias(syn: Synapse, b: np.ndarray) -> np.ndarray:
+    """A layer's bias per neuron [n_out] (C-H-W order) from its trained bias (per channel for a convolution)."""
+    b = np.asarray(b, dtype=np.float64)
+    if isinstance(syn, Conv2d):
+        return np.broadcast_to(b.reshape(-1, 1, 1), syn.out_shape).reshape(-1).copy()
+    return b
+
+
 def _fixed_layer(w: torch.Tensor, bias: np.ndarray, input_scale: float, peak: float, vth: float | None,
-                 du: float, dv: float) -> FixedLayer:
+                 du: float, dv: float, synapse: Synapse | None = None) -> FixedLayer:
     m, step = weight_mantissa(w.detach().cpu().double())
     step = float(step)
     e = _choose_exp(step, input_scale, peak, vth)
+    if isinstance(synapse, Conv2d):
+        # Lava's Conv ignores weight_exp (lava #803): a convolution runs as a Conv at exponent 0,
+        # which only coarsens vth and the bias (the 8-bit weights are the same); one that needs a
+        # negative exponent (a graded input too bright for e = 0) runs as a Sparse (``lava_process``).
+        e = min(e, 0)
     scale = 2.0 ** (e + 1) * input_scale / step
     bias_mant, bias_exp = _bias(bias, 2**ACT_SHIFT * scale)
     vth_int = VTH_MAX if vth is None else int(round(vth * scale))
     du_int = int(round(du * DECAY_UNIT)) - DU_OFFSET
     dv_int = int(round(dv * DECAY_UNIT))
     weights = (2 * m).to(torch.int32).numpy()
-    return FixedLayer(weights, int(e), du_int, dv_int, vth_int, bias_mant, bias_exp, scale)
+    return FixedLayer(weights, int(e), du_int, dv_int, vth_int, bias_mant, bias_exp, scale, synapse)
 
 
 def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded_input: bool,
@@ -333,13 +391,14 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
     for layer in range(net.n_layers):
         p = net.params[layer]
         w = net.effective_weight(net.weights[layer])
-        b = net.biases[layer].detach().cpu().double().numpy()
-        layers.append(_fixed_layer(w, b, scale_in, cal.peak[layer], p.vth, p.du, p.dv))
+        syn = net.synapses[layer]
+        b = neuron_bias(syn, net.biases[layer].detach().cpu().double().numpy())
+        layers.append(_fixed_layer(w, b, scale_in, cal.peak[layer], p.vth, p.du, p.dv, syn))
         scale_in = 1.0  # spikes between layers are 0/1: no scale travels with them
     # Read-out: Dense into a memoryless-current (du = 1), perfect-integrator (dv = 0) LIF.
     w_out = net.effective_weight(net.readout.weight)
     b_out = net.readout.bias.detach().cpu().double().numpy()
-    readout = _fixed_layer(w_out, b_out, 1.0, cal.readout_peak, None, 1.0, 0.0)
+    readout = _fixed_layer(w_out, b_out, 1.0, cal.readout_peak, None, 1.0, 0.0, Dense((w_out.shape[1],), w_out.shape[0]))
     # currents above 1 (ff's label features with label_scale > C) need more payload bits
     peak_in = max(1.0, float(time_constant_view(calibration_x).abs().max())) if calibration_x.numel() else 1.0
     bits = max(1, math.ceil(math.log2(round(input_scale * peak_in) + 1))) if graded_input else 0
@@ -351,17 +410,50 @@ def quantize(net: Network, calibration_x: torch.Tensor, *, encoding: str, graded
 # What Loihi 2 can hold
 
 
+def conv_connections(syn: Conv2d) -> int:
+    """Connections of a convolution unrolled to a matrix: per output channel and input channel, the
+    (output position, kernel tap) pairs that land inside the input (the padding holds no synapse)."""
+    (_, h, w), (kh, kw), (sh, sw), (ph, pw) = syn.in_shape, syn.kernel, syn.stride, syn.padding
+    _, oh, ow = syn.out_shape
+
+    def valid(n_out: int, k: int, stride: int, pad: int, size: int) -> int:
+        return sum(0 <= o * stride + j - pad < size for o in range(n_out) for j in range(k))
+
+    return syn.out_channels * syn.in_shape[0] * valid(oh, kh, sh, ph, h) * valid(ow, kw, sw, pw, w)
+
+
+def synapse_memory(layer: FixedLayer) -> int:
+    """Synapses a layer's Lava process stores (``lava_process``), the model ``resources`` uses.
+
+    Dense: one per weight, n_in·n_out (Lava's Dense holds the full matrix). Conv: the kernel,
+    C_out·C_in·kH·kW, shared by every position (Lava's Conv process holds one ``weight`` Var of
+    that shape, lava/proc/conv/process.py), counted once per neuro core the feature map occupies
+    (a core that computes part of the map needs the kernel; how Intel's closed Loihi-2 compiler
+    packs a convolution is not public, so this assumes a copy per core). Sparse (a convolution
+    with a non-zero weight_exp): one per connection of the unrolled kernel (``conv_connections``;
+    Lava's Sparse holds a CSR matrix of them).
+    """
+    process = lava_process(layer)
+    if process == "Dense":
+        return layer.n_out * layer.n_in
+    if process == "Sparse":
+        return conv_connections(layer.synapse)
+    return math.prod(layer.synapse.weight_shape) * math.ceil(layer.n_out / NEURONS_PER_CORE)
+
+
 def resources(fnet: FixedNetwork) -> dict:
     """Neurons, synapses and neuro cores per layer and in total (the input is sent by the host).
 
-    A layer of n neurons with fan-in k needs max(ceil(n / NEURONS_PER_CORE), ceil(n·k / SYNAPSES_PER_CORE))
-    cores; layers do not share cores.
+    A layer of n neurons storing m synapses (``synapse_memory``: weight sharing makes a Conv's m
+    its kernel) needs max(ceil(n / NEURONS_PER_CORE), ceil(m / SYNAPSES_PER_CORE)) cores; layers
+    do not share cores. Each row names the layer's Lava process.
     """
     rows = []
     for name, layer in named_layers(fnet):
-        syn = layer.n_out * layer.n_in
+        syn = synapse_memory(layer)
         cores = max(math.ceil(layer.n_out / NEURONS_PER_CORE), math.ceil(syn / SYNAPSES_PER_CORE))
-        rows.append({"layer": name, "neurons": layer.n_out, "synapses": syn, "cores": cores})
+        rows.append({"layer": name, "process": lava_process(layer), "neurons": layer.n_out, "synapses": syn,
+                     "cores": cores})
     total = {k: sum(r[k] for r in rows) for k in ("neurons", "synapses", "cores")}
     total["chips"] = math.ceil(total["cores"] / CORES_PER_CHIP)
     return {"layers": rows, **total}
@@ -378,6 +470,11 @@ def layer_problems(name: str, layer: FixedLayer) -> list[str]:
     """``check_params`` for one layer (its parameters' bit widths and types)."""
     problems: list[str] = []
     w = layer.weights
+    if layer.synapse is None or tuple(np.shape(w)) != tuple(layer.synapse.weight_shape):
+        want = "a synapse record" if layer.synapse is None else f"shape {tuple(layer.synapse.weight_shape)}"
+        return [f"{name}: weights of shape {tuple(np.shape(w))} do not match {want}"]
+    if getattr(layer.synapse, "recurrent", False):
+        return [f"{name}: recurrent layers cannot run on Loihi yet (their W_rec would be dropped)"]
     if not np.issubdtype(np.asarray(w).dtype, np.integer):
         problems.append(f"{name}: weights must be integers; got {np.asarray(w).dtype}")
     elif w.size and (w.min() < WEIGHT_MIN or w.max() > WEIGHT_MAX or np.any(w % 2)):
@@ -411,10 +508,17 @@ def layer_problems(name: str, layer: FixedLayer) -> list[str]:
 
 
 def chain_problems(fnet: FixedNetwork | FloatNetwork) -> list[str]:
-    """Each layer must take the previous layer's neurons as its inputs."""
+    """Each layer must take the previous layer's neurons as its inputs: a convolution their feature
+    map's shape, a Dense their number (it flattens a map in C-H-W order); the read-out is a Dense."""
     chain = [*fnet.layers, fnet.readout]
-    return [f"{name} has {a.n_out} neurons but the next layer takes {b.n_in} inputs"
-            for (name, a), b in zip(named_layers(fnet), chain[1:]) if a.n_out != b.n_in]
+    problems = [f"{name} has {a.n_out} neurons but the next layer takes {b.n_in} inputs"
+                for (name, a), b in zip(named_layers(fnet), chain[1:]) if a.n_out != b.n_in]
+    problems += [f"{name} gives a feature map of shape {a.out_shape} but the next layer (a convolution) takes "
+                 f"{tuple(b.synapse.in_shape)}" for (name, a), b in zip(named_layers(fnet), chain[1:])
+                 if a.n_out == b.n_in and b.kind == "conv2d" and a.out_shape != tuple(b.synapse.in_shape)]
+    if fnet.readout.kind != "dense":
+        problems.append(f"the read-out must be a Dense; got a {fnet.readout.kind}")
+    return problems
 
 
 def check_params(fnet: FixedNetwork) -> list[str]:
@@ -430,6 +534,16 @@ def check_params(fnet: FixedNetwork) -> list[str]:
         problems.append(f"steps = {fnet.steps}: a sample needs at least one time step")
     if fnet.graded_input and not 1 <= fnet.input_bits <= MESSAGE_BITS_MAX:
         problems.append(f"input: {fnet.input_bits}-bit graded payloads; Loihi 2 carries 1 to {MESSAGE_BITS_MAX} bits")
+    if problems:
+        return problems
+    for i, (name, layer) in enumerate(named_layers(fnet)):
+        if lava_process(layer) == "Conv" and layer.weights.size:
+            # Lava's fixed_pt Conv sums in float64 and casts to int32 before its 24-bit wrap: past
+            # 2**31 that cast is undefined. Inputs: the graded payload (first layer) or 0/1 spikes.
+            top = (2**fnet.input_bits - 1) if i == 0 and fnet.graded_input else 1
+            bound = int(np.abs(layer.weights.astype(np.int64)).reshape(layer.weights.shape[0], -1).sum(1).max()) * top
+            if bound >= 2 ** (INT32_BITS - 1):
+                problems.append(f"{name}: its convolution can sum to {bound} >= 2**31, past Lava Conv's int32 cast")
     return problems
 
 
@@ -441,9 +555,9 @@ def check_fit(fnet: FixedNetwork, calibration: Calibration | None = None) -> lis
     """
     problems = check_params(fnet)
     for name, layer in named_layers(fnet):
-        if layer.n_in > SYNAPSES_PER_CORE:
-            problems.append(f"{name}: a neuron with {layer.n_in} inputs needs more synapses than a core holds "
-                            f"({SYNAPSES_PER_CORE})")
+        if layer.synapse is not None and layer.synapse.fan_in > SYNAPSES_PER_CORE:
+            problems.append(f"{name}: a neuron with {layer.synapse.fan_in} inputs needs more synapses than a core "
+                            f"holds ({SYNAPSES_PER_CORE})")
     res = resources(fnet)
     if res["chips"] > 1:
         problems.append(f"the network needs {res['cores']} cores, more than one Loihi 2 chip ({CORES_PER_CHIP}); "
@@ -529,27 +643,66 @@ def _array(z, key: str, at: str, shape: tuple, integer: bool) -> np.ndarray:
     return a.astype(np.int32) if integer and np.abs(a).max(initial=0) < 2**31 else a
 
 
-def _fixed_layer_from(z, name: str, d: Any, where: str) -> FixedLayer:
+MAX_SHAPE = 2**24  # a header dimension above this is not a network (and would make huge arrays)
+
+
+def _int_list(d: dict, key: str, at: str, length: int | None, low: int) -> tuple[int, ...]:
+    v = d.get(key)
+    if (not isinstance(v, list) or not v or (length is not None and len(v) != length)
+            or any(isinstance(x, bool) or not isinstance(x, int) or not low <= x <= MAX_SHAPE for x in v)):
+        size = f"{length} " if length is not None else ""
+        raise SpikepropError(f"{at}: synapse {key} must be a list of {size}integers in [{low}, {MAX_SHAPE}]; got {v!r}")
+    return tuple(v)
+
+
+def _synapse_from(d: dict, at: str, version: int) -> Synapse:
+    """The synapse record of a layer's header entry (version 1: a Dense of n_in -> n_out), validated."""
+    n_in, n_out = _header_int(d, "n_in", at, 1), _header_int(d, "n_out", at, 1)
+    if version == 1:
+        return Dense((n_in,), n_out)
+    syn = d.get("synapse")
+    if not isinstance(syn, dict):
+        raise SpikepropError(f"{at}: synapse must be an object (kind dense or conv2d); got {syn!r}")
+    at = f"{at}: synapse"
+    kind = syn.get("kind")
+    if kind == "dense":
+        if syn.get("recurrent", False) is not False:
+            raise SpikepropError(f"{at}: recurrent layers cannot run on Loihi yet; got recurrent = {syn.get('recurrent')!r}")
+        out = Dense(_int_list(syn, "in_shape", at, None, 1), _header_int(syn, "n_out", at, 1))
+    elif kind == "conv2d":
+        out = Conv2d(_int_list(syn, "in_shape", at, 3, 1), _header_int(syn, "out_channels", at, 1),
+                     _int_list(syn, "kernel", at, 2, 1), _int_list(syn, "stride", at, 2, 1),
+                     _int_list(syn, "padding", at, 2, 0))  # Conv2d refuses a kernel larger than its input
+    else:
+        raise SpikepropError(f"{at}: kind must be dense or conv2d; got {kind!r}")
+    if (out.n_in, out.n_out) != (n_in, n_out):
+        raise SpikepropError(f"{at}: a {kind} of {out.n_in} inputs and {out.n_out} neurons, but the layer says "
+                             f"n_in = {n_in}, n_out = {n_out}")
+    return out
+
+
+def _fixed_layer_from(z, name: str, d: Any, where: str, version: int) -> FixedLayer:
     at = f"{where}: {name}"
     if not isinstance(d, dict):
         raise SpikepropError(f"{at} must be an object; got {d!r}")
-    n_in, n_out = _header_int(d, "n_in", at, 1), _header_int(d, "n_out", at, 1)
-    return FixedLayer(_array(z, f"{name}.weights", at, (n_out, n_in), True), _header_int(d, "weight_exp", at),
+    syn = _synapse_from(d, at, version)
+    n_out = syn.n_out
+    return FixedLayer(_array(z, f"{name}.weights", at, tuple(syn.weight_shape), True), _header_int(d, "weight_exp", at),
                       _header_int(d, "du", at), _header_int(d, "dv", at), _header_int(d, "vth", at),
                       _array(z, f"{name}.bias_mant", at, (n_out,), True), _array(z, f"{name}.bias_exp", at, (n_out,), True),
-                      _header_float(d, "scale", at))
+                      _header_float(d, "scale", at), syn)
 
 
-def _float_layer_from(z, name: str, d: Any, where: str) -> FloatLayer:
+def _float_layer_from(z, name: str, d: Any, where: str, version: int) -> FloatLayer:
     at = f"{where}: {name}"
     if not isinstance(d, dict):
         raise SpikepropError(f"{at} must be an object; got {d!r}")
-    n_in, n_out = _header_int(d, "n_in", at, 1), _header_int(d, "n_out", at, 1)
+    syn = _synapse_from(d, at, version)
     du, dv = _header_float(d, "du", at, False), _header_float(d, "dv", at, False)
     if not (0.0 <= du <= 1.0 and 0.0 <= dv <= 1.0):
         raise SpikepropError(f"{at}: du and dv must be fractions in [0, 1]; got {du}, {dv}")
-    return FloatLayer(_array(z, f"{name}.weights", at, (n_out, n_in), False), du, dv, _header_float(d, "vth", at),
-                      _array(z, f"{name}.bias", at, (n_out,), False))
+    return FloatLayer(_array(z, f"{name}.weights", at, tuple(syn.weight_shape), False), du, dv,
+                      _header_float(d, "vth", at), _array(z, f"{name}.bias", at, (syn.n_out,), False), syn)
 
 
 def load(path: str | Path) -> FixedNetwork | FloatNetwork:
@@ -569,8 +722,10 @@ def load(path: str | Path) -> FixedNetwork | FloatNetwork:
             header = json.loads(str(z["header"]))
             if not isinstance(header, dict):
                 raise SpikepropError(f"{path}: the header must be a JSON object; got {type(header).__name__}")
-            if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
-                raise SpikepropError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file")
+            version = header.get("version")
+            if header.get("format") != FORMAT or isinstance(version, bool) or version not in READABLE_VERSIONS:
+                raise SpikepropError(f"{path} is not a {FORMAT} file of a version this spikeprop reads "
+                                     f"({', '.join(f'v{v}' for v in READABLE_VERSIONS)}); got version {version!r}")
             where = str(path)
             precision = header.get("precision", "fixed_pt")
             if precision not in PRECISIONS:
@@ -583,8 +738,8 @@ def load(path: str | Path) -> FixedNetwork | FloatNetwork:
             if not isinstance(header.get("layers"), list) or not header["layers"]:
                 raise SpikepropError(f"{where}: layers must be a non-empty list")
             read = _fixed_layer_from if precision == "fixed_pt" else _float_layer_from
-            layers = tuple(read(z, f"layer{i}", d, where) for i, d in enumerate(header["layers"]))
-            readout = read(z, "readout", header.get("readout"), where)
+            layers = tuple(read(z, f"layer{i}", d, where, version) for i, d in enumerate(header["layers"]))
+            readout = read(z, "readout", header.get("readout"), where, version)
             if precision == "floating_pt":
                 net = FloatNetwork(layers, readout, steps, graded, input_bits)
                 problems = chain_problems(net)

@@ -361,8 +361,14 @@ LOIHI_CASES = [
     ("header is a list", lambda h, a: "[1, 2]", "JSON object"),
     ("missing array", lambda h, a: a.pop("layer0.bias_mant"), "missing"),
     ("bias_exp 9", lambda h, a: a["layer0.bias_exp"].__setitem__(0, 9), "bias_exp"),
-    ("chain broken", lambda h, a: (h["readout"].update(n_in=3), a.update({"readout.weights": a["readout.weights"][:, :3]})),
-     "next layer"),
+    ("chain broken", lambda h, a: (h["readout"].update(n_in=3), h["readout"]["synapse"].update(in_shape=[3]),
+                                   a.update({"readout.weights": a["readout.weights"][:, :3]})), "next layer"),
+    ("synapse disagrees with n_in", lambda h, a: h["readout"].update(n_in=3), "the layer says n_in"),
+    ("synapse missing", lambda h, a: h["layers"][0].pop("synapse"), "synapse must be an object"),
+    ("synapse kind unknown", lambda h, a: h["layers"][0]["synapse"].update(kind="pool"), "kind must be dense or conv2d"),
+    ("synapse recurrent", lambda h, a: h["layers"][0]["synapse"].update(recurrent=True), "recurrent"),
+    ("synapse in_shape not ints", lambda h, a: h["layers"][0]["synapse"].update(in_shape=["8"]), "in_shape must be"),
+    ("version 3", lambda h, a: h.update(version=3), "version"),
 ]
 for name, change, phrase in LOIHI_CASES:
     case(f"loihi file: {name}", ["python:hardware.loihi.load", "{file}"], phrase, loihi_file(change))
