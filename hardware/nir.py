@@ -170,6 +170,10 @@ def to_nir(net: Network, *, dt: float = DEFAULT_DT, steps: int | None = None, me
     """The NIR graph of ``net`` (module docstring: node types, parameters, conventions)."""
     if len(net.recurrent):
         raise SpikepropError("recurrent layers cannot be exported to NIR yet (their W_rec would be dropped)")
+    conv = [syn.token() for syn in net.synapses if syn.kind != "dense"]
+    if conv:
+        raise SpikepropError(f"convolutional layers ({', '.join(conv)}) cannot be exported to NIR yet; "
+                             "only fully-connected networks can")
     nir = _nir()
     nodes: dict = {"input": nir.Input(input_type={"input": np.array([net.sizes[0]])})}
     order = ["input"]
