@@ -330,16 +330,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         timeout = args.dist_timeout if args.dist_timeout is not None else distributed.DEFAULT_TIMEOUT_S
         ctx = distributed.Context.init(rank, n, timeout, config.device)
+        finished = False
         try:
             summary = train(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, dist=ctx)
+            finished = True
         finally:
-            ctx.close()
+            ctx.close(synchronize=finished)
         if rank != 0:
-            return 0
+            distributed.exit_now(0)
     sps = summary["samples_per_second"]
     print(f"test accuracy {summary['test_accuracy']:.4f} ({summary['dataset']}, {summary['rule']}, "
           f"{'-' if sps is None else f'{sps:.0f}'} samples/s, peak memory {summary['peak_memory_mib']:.0f} MiB)")
     print(f"run directory: {run_dir}")
+    if n > 1:
+        distributed.exit_now(0)
     return 0
 
 
